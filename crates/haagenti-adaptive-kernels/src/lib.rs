@@ -1,0 +1,3 @@
+//! Quantization kernels (skeleton; filled in by issue 3).
+
+pub mod blocks;
