@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod plan;
 mod probe;
 mod quantize;
+mod report;
 mod run;
 
 /// Adaptive precision for diffusion-model inference.

@@ -1,0 +1,335 @@
+//! The `run` results as a text table, and as `report.md` with SVG plots.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use haagenti_adaptive::Precision;
+use plotters::prelude::*;
+
+use crate::run::RunOutput;
+
+fn db(v: Option<f64>) -> String {
+    v.map_or_else(
+        || "inf".to_owned(),
+        |v| {
+            if v.is_nan() {
+                "-".to_owned()
+            } else {
+                format!("{v:.1}")
+            }
+        },
+    )
+}
+
+fn mib(bytes: usize) -> String {
+    format!("{:.2}", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// The results table and the calibration summary, as plain text.
+pub(crate) fn text(out: &RunOutput) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "model gmm k={} d={} s={} | sampler {} | {} steps | batch {} | kernels {}",
+        out.model.k, out.model.d, out.model.s, out.sampler, out.steps, out.batch, out.kernel_path
+    );
+    let costs: Vec<String> = out
+        .costs
+        .precisions
+        .iter()
+        .zip(&out.costs.seconds)
+        .map(|(p, c)| format!("{p} {:.2} ms", c * 1e3))
+        .collect();
+    let _ = writeln!(
+        s,
+        "measured cost of one denoiser call: {}",
+        costs.join(", ")
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{:<15} {:>8} {:>8} {:>8} {:>9} {:>10} {:>8} {:>7} {:>9}",
+        "schedule",
+        "time s",
+        "speedup",
+        "predict",
+        "pred err",
+        "peak MiB",
+        "PSNR dB",
+        "modes",
+        "PSNR agr"
+    );
+    for r in &out.runs {
+        let _ = writeln!(
+            s,
+            "{:<15} {:>8.3} {:>7.2}x {:>7.2}x {:>8.1}% {:>10} {:>8} {:>6.0}% {:>9}",
+            r.name,
+            r.seconds,
+            r.speedup,
+            r.predicted_speedup,
+            100.0 * (r.speedup / r.predicted_speedup - 1.0),
+            mib(r.peak_weight_bytes),
+            db(r.psnr_db),
+            100.0 * r.mode_agreement,
+            db(r.psnr_agreeing_db)
+        );
+    }
+    if let Some(c) = &out.calibration {
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "calibration ({:.1} s): budget {:.3e} (MSE vs FP32; best preset on the calibration batch: {} at {:.3e}), predicted {:.3e}",
+            c.seconds, c.budget, c.best_preset, c.best_preset_calibration_mse, c.predicted_mse
+        );
+        for k in &c.checks {
+            let _ = writeln!(
+                s,
+                "  {:<12} {:<12} time {:.3} s  PSNR {:>6} dB  MSE {:.3e}  modes {:.0}%",
+                k.batch,
+                k.name,
+                k.seconds,
+                db(k.psnr_db),
+                k.mse,
+                100.0 * k.mode_agreement
+            );
+        }
+    }
+    if let Some(claim) = &out.claim {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "claim \"low precision is safe at high noise\": {claim}");
+    }
+    let _ = writeln!(s, "total {:.1} s", out.total_seconds);
+    s
+}
+
+fn level(p: Precision) -> f64 {
+    Precision::ALL.iter().position(|&q| q == p).unwrap_or(0) as f64
+}
+
+type PlotResult = Result<(), Box<dyn std::error::Error>>;
+
+fn palette(i: usize) -> RGBColor {
+    let (r, g, b) = Palette99::pick(i).to_rgba().rgb();
+    RGBColor(r, g, b)
+}
+
+fn precision_plot(path: &Path, out: &RunOutput) -> PlotResult {
+    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let smin = out.sigmas[out.steps - 1].max(1e-4);
+    let mut chart = ChartBuilder::on(&root)
+        .caption("precision against sigma, per step", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((smin * 0.8..out.sigmas[0] * 1.25).log_scale(), -0.5f64..4.5)?;
+    chart
+        .configure_mesh()
+        .x_desc("sigma (log)")
+        .y_labels(5)
+        .y_label_formatter(&|v| {
+            Precision::ALL
+                .get(v.round() as usize)
+                .map_or(String::new(), |p| p.to_string())
+        })
+        .draw()?;
+    let n = out.runs.len().max(1) as f64;
+    for (i, r) in out.runs.iter().enumerate() {
+        let off = (i as f64 - n / 2.0) * 0.04;
+        let pts: Vec<(f64, f64)> = r
+            .schedule
+            .iter()
+            .enumerate()
+            .map(|(j, &p)| (out.sigmas[j], level(p) + off))
+            .collect();
+        let c = palette(i);
+        chart
+            .draw_series(LineSeries::new(pts, c.stroke_width(2)))?
+            .label(r.name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn sensitivity_plot(path: &Path, out: &RunOutput) -> PlotResult {
+    let Some(c) = &out.calibration else {
+        return Ok(());
+    };
+    let t = &c.sensitivity;
+    let positive: Vec<f64> = t
+        .errors
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|&e| e > 0.0)
+        .collect();
+    let lo = positive
+        .iter()
+        .copied()
+        .fold(f64::INFINITY, f64::min)
+        .min(1e-12);
+    let hi = positive.iter().copied().fold(0.0, f64::max).max(lo * 10.0);
+    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let smin = t.sigmas[t.sigmas.len() - 1].max(1e-4);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "per-step sensitivity: final MSE vs FP32 with one step at p",
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (smin * 0.8..t.sigmas[0] * 1.25).log_scale(),
+            (lo * 0.5..hi * 2.0).log_scale(),
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc("sigma of the step (log)")
+        .y_desc("final MSE (log)")
+        .draw()?;
+    for (j, p) in t.precisions.iter().enumerate() {
+        let pts: Vec<(f64, f64)> = t
+            .sigmas
+            .iter()
+            .zip(&t.errors)
+            .map(|(&s, row)| (s, row[j].max(lo)))
+            .collect();
+        let col = palette(j);
+        chart
+            .draw_series(LineSeries::new(pts, col.stroke_width(2)))?
+            .label(p.to_string())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], col));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn speed_quality_plot(path: &Path, out: &RunOutput) -> PlotResult {
+    // FP32 against itself has infinite PSNR; plot it at the top of the axis.
+    let finite: Vec<f64> = out.runs.iter().filter_map(|r| r.psnr_db).collect();
+    let top = finite.iter().copied().fold(0.0, f64::max) + 10.0;
+    let bottom = finite.iter().copied().fold(top, f64::min) - 5.0;
+    let smax = out.runs.iter().map(|r| r.speedup).fold(1.0, f64::max) * 1.15;
+    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "speed against quality (FP32 plotted at the top)",
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..smax, bottom..top + 2.0)?;
+    chart
+        .configure_mesh()
+        .x_desc("measured speedup over FP32")
+        .y_desc("PSNR vs FP32, dB")
+        .draw()?;
+    for (i, r) in out.runs.iter().enumerate() {
+        let y = r.psnr_db.unwrap_or(top);
+        let c = palette(i);
+        chart.draw_series(std::iter::once(Circle::new((r.speedup, y), 5, c.filled())))?;
+        chart.draw_series(std::iter::once(Text::new(
+            r.name.clone(),
+            (r.speedup, y),
+            ("sans-serif", 13),
+        )))?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+/// Writes `report.md`, `precision.svg`, `sensitivity.svg` and `speed_quality.svg` into `dir`.
+pub(crate) fn write(dir: &Path, out: &RunOutput) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let plot = |name: &str, f: fn(&Path, &RunOutput) -> PlotResult| -> anyhow::Result<()> {
+        f(&dir.join(name), out).map_err(|e| anyhow::anyhow!("plot {name}: {e}"))
+    };
+    plot("precision.svg", precision_plot)?;
+    plot("speed_quality.svg", speed_quality_plot)?;
+    if out.calibration.is_some() {
+        plot("sensitivity.svg", sensitivity_plot)?;
+    }
+    let mut md = String::new();
+    let _ = writeln!(md, "# haagenti-adaptive run\n");
+    let _ = writeln!(
+        md,
+        "Reference model: exact denoiser of a Gaussian mixture (k = {}, d = {}, s = {}), sampler {}, {} Karras steps \
+         (sigma 80 to 0.002), batch {}, kernels `{}`. Times are measured step compute (weight quantization excluded \
+         and listed separately); predicted speedups come from the measured per-call costs.\n",
+        out.model.k, out.model.d, out.model.s, out.sampler, out.steps, out.batch, out.kernel_path
+    );
+    let _ = writeln!(
+        md,
+        "| schedule | time s | load s | speedup | predicted | peak weight MiB | PSNR dB | mode agreement | PSNR agreeing dB |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &out.runs {
+        let _ = writeln!(
+            md,
+            "| {} | {:.3} | {:.3} | {:.2}x | {:.2}x | {} | {} | {:.0}% | {} |",
+            r.name,
+            r.seconds,
+            r.load_seconds,
+            r.speedup,
+            r.predicted_speedup,
+            mib(r.peak_weight_bytes),
+            db(r.psnr_db),
+            100.0 * r.mode_agreement,
+            db(r.psnr_agreeing_db)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n![precision against sigma](precision.svg)\n\n![speed against quality](speed_quality.svg)\n"
+    );
+    if let Some(c) = &out.calibration {
+        let _ = writeln!(md, "## Calibration\n");
+        let _ = writeln!(
+            md,
+            "Budget {:.3e} (total predicted MSE against FP32); best seed preset on the calibration batch: {} \
+             (MSE {:.3e}); calibrated schedule's predicted MSE {:.3e}; {:.1} s.\n",
+            c.budget, c.best_preset, c.best_preset_calibration_mse, c.predicted_mse, c.seconds
+        );
+        let _ = writeln!(
+            md,
+            "| batch | schedule | time s | PSNR dB | MSE | mode agreement |\n|---|---|---:|---:|---:|---:|"
+        );
+        for k in &c.checks {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.3} | {} | {:.3e} | {:.0}% |",
+                k.batch,
+                k.name,
+                k.seconds,
+                db(k.psnr_db),
+                k.mse,
+                100.0 * k.mode_agreement
+            );
+        }
+        let _ = writeln!(md, "\n![per-step sensitivity](sensitivity.svg)\n");
+    }
+    if let Some(claim) = &out.claim {
+        let _ = writeln!(
+            md,
+            "## The claim \"low precision is safe at high noise\"\n\n{claim}.\n"
+        );
+    }
+    let _ = writeln!(md, "```text\n{}```", text(out));
+    std::fs::write(dir.join("report.md"), md)?;
+    Ok(())
+}

@@ -1,0 +1,562 @@
+//! Matrix multiplication `out[m x n] = x[m x k] · w[n x k]ᵀ` with weights in any [`Format`].
+//!
+//! - **Q8_0, Q4_0, Q4_1 weights** (W8A8 / W4A8, as ggml): each call quantizes the activation rows
+//!   to Q8_0 blocks once, then every 32-value block product runs in integer arithmetic and is
+//!   scaled by `d_w * d_x` in f32 (Q4_1 adds `m_w * d_x * Σq_x`). On x86_64 with AVX2 a blocked
+//!   micro-kernel computes 4 activation rows x up to 4 weight rows per pass, reusing every load;
+//!   on aarch64 NEON (with `sdot` when present) runs a row kernel.
+//! - **F16 and BF16 weights**: converted to f32 on the fly; a streaming kernel for few activation
+//!   rows, and for many rows a converted f32 panel per tile handed to the `gemm` crate.
+//! - **F32 weights**: the `gemm` crate.
+//!
+//! Work is split by [`Parallelism`] over tiles of weight rows (and of activation rows when there
+//! are few weight rows); inner kernels are single-threaded. [`matmul_scalar`] is the portable
+//! oracle: the SIMD paths match it within `1e-5` of `Σ|x·w|` (the order of f32 additions
+//! differs), and `HAAGENTI_FORCE_SCALAR=1` makes [`matmul`] use it (split by rayon all the same).
+
+pub(crate) mod pack;
+mod scalar;
+
+use rayon::prelude::*;
+
+use crate::error::{KernelError, Result};
+use crate::tensor::QuantizedTensor;
+
+pub use scalar::matmul_scalar;
+
+/// How [`matmul`] spreads its work over threads.
+///
+/// # Examples
+///
+/// ```
+/// use haagenti_adaptive_kernels::Parallelism;
+///
+/// assert_eq!(Parallelism::default(), Parallelism::Rayon);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Parallelism {
+    /// Split tiles over the current rayon pool (the global pool outside `ThreadPool::install`).
+    #[default]
+    Rayon,
+    /// Run on the calling thread only.
+    None,
+}
+
+/// `out[m x n] = x[m x k] · w[n x k]ᵀ`, where `w` has `n` rows of `k` values in any [`Format`].
+///
+/// `x` and `out` are row-major. For block formats (Q8_0, Q4_0, Q4_1) the activation rows are
+/// quantized to Q8_0 blocks first and the products run in integer arithmetic, so the result is
+/// that of the quantized activations (as in ggml); for F16/BF16/F32 weights it is the f32
+/// product. Empty shapes (`m`, `n` or `k` zero) are fine.
+///
+/// # Errors
+///
+/// - [`KernelError::ShapeMismatch`] when `x.len() != m * k` or `out.len() != m * n`;
+/// - [`KernelError::NonFinite`] naming the first NaN or infinite value of `x`;
+/// - [`KernelError::SizeOverflow`] when `m * k` or `m * n` overflows `usize`;
+/// - [`KernelError::InvalidData`] when `w`'s bytes do not match its shape.
+///
+/// # Examples
+///
+/// ```
+/// use haagenti_adaptive_kernels::{Format, Parallelism, QuantizedTensor, matmul};
+///
+/// let (m, k, n) = (2, 64, 3);
+/// let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.3).sin()).collect();
+/// let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.7).cos()).collect();
+/// let wq = QuantizedTensor::quantize(Format::Q8_0, n, k, &w)?;
+///
+/// let mut out = vec![0.0; m * n];
+/// matmul(&x, m, &wq, &mut out, Parallelism::Rayon)?;
+///
+/// for i in 0..m {
+///     for j in 0..n {
+///         let exact: f32 = (0..k).map(|l| x[i * k + l] * w[j * k + l]).sum();
+///         assert!((out[i * n + j] - exact).abs() < 0.05 * k as f32 / 32.0);
+///     }
+/// }
+/// # Ok::<(), haagenti_adaptive_kernels::KernelError>(())
+/// ```
+pub fn matmul(
+    x: &[f32],
+    m: usize,
+    w: &QuantizedTensor,
+    out: &mut [f32],
+    par: Parallelism,
+) -> Result<()> {
+    matmul_acc(x, m, w, out, 1.0, 0.0, par)
+}
+
+/// `out = beta * out + alpha * (x · wᵀ)`, the accumulating form of [`matmul`].
+///
+/// When `beta == 0` the old contents of `out` are not read (a NaN there does not propagate).
+///
+/// # Errors
+///
+/// As [`matmul`].
+///
+/// # Examples
+///
+/// ```
+/// use haagenti_adaptive_kernels::{Format, Parallelism, QuantizedTensor, matmul_acc};
+///
+/// let w = QuantizedTensor::quantize(Format::F32, 1, 2, &[1.0, 2.0])?;
+/// let mut out = vec![10.0];
+/// matmul_acc(&[3.0, 4.0], 1, &w, &mut out, 0.5, 2.0, Parallelism::None)?;
+/// assert_eq!(out, [2.0 * 10.0 + 0.5 * 11.0]);
+/// # Ok::<(), haagenti_adaptive_kernels::KernelError>(())
+/// ```
+pub fn matmul_acc(
+    x: &[f32],
+    m: usize,
+    w: &QuantizedTensor,
+    out: &mut [f32],
+    alpha: f32,
+    beta: f32,
+    par: Parallelism,
+) -> Result<()> {
+    let shape = Shape::check(x, m, w, out)?;
+    if shape.m == 0 || shape.n == 0 {
+        return Ok(());
+    }
+    if shape.k == 0 {
+        epilogue_zero(out, beta);
+        return Ok(());
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(t) = crate::dispatch::avx2() {
+        return x86::matmul(t, x, &shape, w, out, alpha, beta, par);
+    }
+    #[cfg(target_arch = "aarch64")]
+    if let Some(t) = crate::dispatch::neon() {
+        return aarch64::matmul(t, x, &shape, w, out, alpha, beta, par);
+    }
+    scalar::matmul_par(x, &shape, w, out, alpha, beta, par)
+}
+
+/// A checked problem shape.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Shape {
+    /// Activation rows.
+    pub(crate) m: usize,
+    /// Weight rows (output columns).
+    pub(crate) n: usize,
+    /// Shared inner dimension.
+    pub(crate) k: usize,
+    /// Bytes of one weight row.
+    pub(crate) row_bytes: usize,
+}
+
+impl Shape {
+    /// Checks every length `matmul` relies on.
+    fn check(x: &[f32], m: usize, w: &QuantizedTensor, out: &[f32]) -> Result<Shape> {
+        let (n, k) = (w.rows(), w.cols());
+        let mk = m
+            .checked_mul(k)
+            .ok_or(KernelError::SizeOverflow { rows: m, cols: k })?;
+        if x.len() != mk {
+            return Err(KernelError::ShapeMismatch {
+                what: "x",
+                expected: mk,
+                actual: x.len(),
+            });
+        }
+        let mn = m
+            .checked_mul(n)
+            .ok_or(KernelError::SizeOverflow { rows: m, cols: n })?;
+        if out.len() != mn {
+            return Err(KernelError::ShapeMismatch {
+                what: "out",
+                expected: mn,
+                actual: out.len(),
+            });
+        }
+        let format = w.format();
+        let row_bytes = format.row_bytes(k)?;
+        let total = row_bytes
+            .checked_mul(n)
+            .ok_or(KernelError::SizeOverflow { rows: n, cols: k })?;
+        if w.as_bytes().len() != total {
+            return Err(KernelError::InvalidData(format!(
+                "{format} weights of shape [{n}, {k}] need {total} bytes, found {}",
+                w.as_bytes().len()
+            )));
+        }
+        if let Some(index) = first_non_finite(x) {
+            return Err(KernelError::NonFinite {
+                index,
+                value: x[index],
+            });
+        }
+        Ok(Shape { m, n, k, row_bytes })
+    }
+}
+
+/// Index of the first NaN or infinite value.
+fn first_non_finite(x: &[f32]) -> Option<usize> {
+    const CHUNK: usize = 256;
+    for (c, chunk) in x.chunks(CHUNK).enumerate() {
+        // Branch-free test first (vectorizes), exact position only on failure.
+        if !chunk.iter().fold(true, |ok, v| ok & v.is_finite()) {
+            return chunk
+                .iter()
+                .position(|v| !v.is_finite())
+                .map(|i| c * CHUNK + i);
+        }
+    }
+    None
+}
+
+/// `out = beta * out` (the product is empty when `k == 0`).
+fn epilogue_zero(out: &mut [f32], beta: f32) {
+    if beta == 0.0 {
+        out.fill(0.0);
+    } else {
+        out.iter_mut().for_each(|o| *o *= beta);
+    }
+}
+
+/// `o = beta * o + alpha * r`; `o` is not read when `beta == 0`.
+#[inline]
+fn epilogue(o: &mut f32, r: f32, alpha: f32, beta: f32) {
+    *o = if beta == 0.0 {
+        alpha * r
+    } else {
+        beta * *o + alpha * r
+    };
+}
+
+/// One unit of parallel work: weight rows `n0..n1` against activation row groups `g0..g1`.
+#[derive(Clone, Copy, Debug)]
+struct Task {
+    n0: usize,
+    n1: usize,
+    g0: usize,
+    g1: usize,
+}
+
+/// Splits `n` weight rows (in chunks of a multiple of `align`, at most `nc`) and `groups`
+/// activation row groups into tasks, enough to keep `threads` threads busy.
+fn plan_tasks(n: usize, groups: usize, nc: usize, align: usize, threads: usize) -> Vec<Task> {
+    if n == 0 || groups == 0 {
+        return Vec::new();
+    }
+    let target = if threads <= 1 { 1 } else { 4 * threads };
+    // Weight chunk: at most `nc`, small enough to give `target` chunks, a multiple of `align`.
+    let per = n.div_ceil(target).div_ceil(align) * align;
+    let chunk = per.clamp(align, nc.max(align));
+    let n_chunks = n.div_ceil(chunk);
+    // Split the activation rows too when the weight rows alone give too few tasks.
+    let g_chunks = if n_chunks >= target {
+        1
+    } else {
+        target.div_ceil(n_chunks).min(groups.max(1))
+    };
+    let g_per = groups.div_ceil(g_chunks.max(1)).max(1);
+    let mut tasks = Vec::with_capacity(n_chunks * g_chunks);
+    for g0 in (0..groups).step_by(g_per) {
+        for n0 in (0..n).step_by(chunk) {
+            tasks.push(Task {
+                n0,
+                n1: (n0 + chunk).min(n),
+                g0,
+                g1: (g0 + g_per).min(groups),
+            });
+        }
+    }
+    tasks
+}
+
+/// Threads `par` stands for.
+fn threads(par: Parallelism) -> usize {
+    match par {
+        Parallelism::Rayon => rayon::current_num_threads(),
+        Parallelism::None => 1,
+    }
+}
+
+/// Runs `tasks`, each producing a dense `[rows(task) x (n1 - n0)]` block of results whose first
+/// row is activation row `row0(task)`, then writes them into `out` through the epilogue.
+#[allow(clippy::too_many_arguments)] // reason: plain data passed straight through
+fn run_tasks<F, R>(
+    tasks: &[Task],
+    n: usize,
+    out: &mut [f32],
+    alpha: f32,
+    beta: f32,
+    par: Parallelism,
+    rows: R,
+    compute: F,
+) where
+    F: Fn(&Task, &mut [f32]) + Sync,
+    R: Fn(&Task) -> (usize, usize) + Sync,
+{
+    let one = |t: &Task| {
+        let (_, count) = rows(t);
+        let mut buf = vec![0.0f32; count * (t.n1 - t.n0)];
+        compute(t, &mut buf);
+        buf
+    };
+    let results: Vec<Vec<f32>> = match par {
+        Parallelism::Rayon if tasks.len() > 1 => tasks.par_iter().map(one).collect(),
+        _ => tasks.iter().map(one).collect(),
+    };
+    for (t, buf) in tasks.iter().zip(&results) {
+        let (row0, count) = rows(t);
+        let nc = t.n1 - t.n0;
+        for r in 0..count {
+            let dst = &mut out[(row0 + r) * n + t.n0..(row0 + r) * n + t.n1];
+            for (o, &v) in dst.iter_mut().zip(&buf[r * nc..(r + 1) * nc]) {
+                epilogue(o, v, alpha, beta);
+            }
+        }
+    }
+}
+
+/// F32 weights through the `gemm` crate: `out = beta * out + alpha * x · wᵀ`.
+#[allow(clippy::too_many_arguments)] // reason: plain data passed straight through
+pub(crate) fn gemm_f32(
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    out: &mut [f32],
+    alpha: f32,
+    beta: f32,
+    par: Parallelism,
+) {
+    debug_assert!(x.len() == m * k && w.len() == n * k && out.len() == m * n);
+    if x.len() != m * k || w.len() != n * k || out.len() != m * n {
+        return;
+    }
+    let gpar = match par {
+        Parallelism::Rayon if rayon::current_num_threads() > 1 => {
+            gemm::Parallelism::Rayon(rayon::current_num_threads())
+        }
+        _ => gemm::Parallelism::None,
+    };
+    // SAFETY: the lengths were checked above: `out` is m x n row-major (row stride n, column
+    // stride 1), `x` is m x k row-major, and `w` is n x k row-major, read as the k x n matrix wᵀ
+    // (row stride 1, column stride k). `out` is exclusively borrowed and overlaps neither input.
+    // gemm computes dst = alpha_g * dst + beta_g * lhs * rhs, reading dst only when asked.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            beta != 0.0,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            beta,
+            alpha,
+            false,
+            false,
+            false,
+            gpar,
+        );
+    }
+}
+
+/// Views little-endian f32 bytes as `f32`s, copying only if they are misaligned.
+fn f32_weights(bytes: &[u8]) -> std::borrow::Cow<'_, [f32]> {
+    let (pre, mid, post) = {
+        // SAFETY: every bit pattern is a valid f32; `align_to` only reinterprets the aligned
+        // middle part, and the host is little-endian (blocks.rs refuses big-endian targets).
+        unsafe { bytes.align_to::<f32>() }
+    };
+    if pre.is_empty() && post.is_empty() {
+        std::borrow::Cow::Borrowed(mid)
+    } else {
+        std::borrow::Cow::Owned(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        )
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! The AVX2 driver: tiling and task split around the kernels of `arch::x86_64::matmul_avx2`.
+
+    use super::pack::PackedX;
+    use super::{Parallelism, Shape, Task, f32_weights, gemm_f32, plan_tasks, run_tasks, threads};
+    use crate::arch::x86_64::matmul_avx2 as k;
+    use crate::dispatch::Avx2;
+    use crate::error::Result;
+    use crate::format::Format;
+    use crate::tensor::QuantizedTensor;
+
+    /// Weight rows per task, at most: a tile of quantized weights that stays in L2.
+    const NC_Q: usize = 64;
+    /// Weight rows per task for F16/BF16 panels.
+    const NC_F: usize = 64;
+    /// From this many activation rows on, F16/BF16 weights go through f32 panels and gemm.
+    const PANEL_MIN_M: usize = 8;
+
+    #[allow(clippy::too_many_arguments)] // reason: the public arguments, checked
+    pub(super) fn matmul(
+        t: Avx2,
+        x: &[f32],
+        s: &Shape,
+        w: &QuantizedTensor,
+        out: &mut [f32],
+        alpha: f32,
+        beta: f32,
+        par: Parallelism,
+    ) -> Result<()> {
+        let bytes = w.as_bytes();
+        let th = threads(par);
+        match w.format() {
+            Format::F32 => {
+                gemm_f32(x, &f32_weights(bytes), s.m, s.n, s.k, out, alpha, beta, par);
+            }
+            f @ (Format::F16 | Format::BF16) => {
+                let bf = f == Format::BF16;
+                if s.m >= PANEL_MIN_M {
+                    let tasks = plan_tasks(s.n, 1, NC_F, 4, th);
+                    run_tasks(
+                        &tasks,
+                        s.n,
+                        out,
+                        alpha,
+                        beta,
+                        par,
+                        |_| (0, s.m),
+                        |task, buf| {
+                            k::half_panel_gemm(t, bf, bytes, s, x, task.n0, task.n1, buf);
+                        },
+                    );
+                } else {
+                    let tasks = plan_tasks(s.n, 1, NC_F, 4, th);
+                    run_tasks(
+                        &tasks,
+                        s.n,
+                        out,
+                        alpha,
+                        beta,
+                        par,
+                        |_| (0, s.m),
+                        |task, buf| {
+                            k::half_stream(t, bf, bytes, s, x, task.n0, task.n1, buf);
+                        },
+                    );
+                }
+            }
+            f @ (Format::Q8_0 | Format::Q4_0 | Format::Q4_1) => {
+                let packed = PackedX::new(x, s.m, s.k, true);
+                let groups = packed.groups();
+                let tasks = plan_tasks(s.n, groups, NC_Q, 4, th);
+                let rows = |task: &Task| packed.rows_of(task.g0, task.g1);
+                run_tasks(&tasks, s.n, out, alpha, beta, par, rows, |task, buf| {
+                    k::quant_task(
+                        t, f, bytes, s, &packed, task.n0, task.n1, task.g0, task.g1, buf,
+                    );
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64 {
+    //! The NEON driver: row kernels of `arch::aarch64::matmul_neon`, split by weight rows.
+
+    use super::pack::PackedX;
+    use super::{Parallelism, Shape, Task, f32_weights, gemm_f32, plan_tasks, run_tasks, threads};
+    use crate::arch::aarch64::matmul_neon as k;
+    use crate::dispatch::Neon;
+    use crate::error::Result;
+    use crate::format::Format;
+    use crate::tensor::QuantizedTensor;
+
+    /// Weight rows per task, at most.
+    const NC: usize = 64;
+
+    #[allow(clippy::too_many_arguments)] // reason: the public arguments, checked
+    pub(super) fn matmul(
+        t: Neon,
+        x: &[f32],
+        s: &Shape,
+        w: &QuantizedTensor,
+        out: &mut [f32],
+        alpha: f32,
+        beta: f32,
+        par: Parallelism,
+    ) -> Result<()> {
+        let bytes = w.as_bytes();
+        let th = threads(par);
+        match w.format() {
+            Format::F32 => {
+                gemm_f32(x, &f32_weights(bytes), s.m, s.n, s.k, out, alpha, beta, par);
+            }
+            Format::F16 | Format::BF16 => {
+                // No NEON half kernel yet: the portable path (converts on the fly).
+                super::scalar::matmul_par(x, s, w, out, alpha, beta, par)?;
+            }
+            f @ (Format::Q8_0 | Format::Q4_0 | Format::Q4_1) => {
+                let packed = PackedX::new(x, s.m, s.k, false);
+                let groups = packed.groups();
+                let tasks = plan_tasks(s.n, groups, NC, 4, th);
+                let rows = |task: &Task| packed.rows_of(task.g0, task.g1);
+                run_tasks(&tasks, s.n, out, alpha, beta, par, rows, |task, buf| {
+                    k::quant_task(
+                        t, f, bytes, s, &packed, task.n0, task.n1, task.g0, task.g1, buf,
+                    );
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tasks_cover_every_row_and_group_once() {
+        for &(n, groups, threads) in &[
+            (0, 3, 2),
+            (1, 1, 2),
+            (19, 3, 2),
+            (4096, 1, 2),
+            (19, 64, 8),
+            (100, 5, 1),
+        ] {
+            let tasks = plan_tasks(n, groups, 64, 4, threads);
+            let mut seen = vec![0u32; n * groups];
+            for t in &tasks {
+                assert!(t.n0 < t.n1 && t.n1 <= n && t.g0 < t.g1 && t.g1 <= groups);
+                for i in t.n0..t.n1 {
+                    for g in t.g0..t.g1 {
+                        seen[i * groups + g] += 1;
+                    }
+                }
+            }
+            assert!(
+                seen.iter().all(|&c| c == 1),
+                "n {n} groups {groups}: {tasks:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn first_non_finite_finds_the_first() {
+        let mut x = vec![1.0f32; 1000];
+        assert_eq!(first_non_finite(&x), None);
+        x[700] = f32::INFINITY;
+        x[900] = f32::NAN;
+        assert_eq!(first_non_finite(&x), Some(700));
+    }
+}

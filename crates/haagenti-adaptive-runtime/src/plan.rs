@@ -1,0 +1,197 @@
+//! What a generation runs at, step by step, and when each weight copy is loaded and dropped.
+
+use haagenti_adaptive_core::Precision;
+use serde::{Deserialize, Serialize};
+
+use crate::{Blend, Mix, Result, RuntimeError};
+
+/// A run plan: the precision (and blend) of every step, and how far ahead a precision is loaded.
+///
+/// Residency follows the plan: a precision is loaded `lookahead` steps before its first use (at
+/// its first use when 0) and dropped right after its last use, a blended step needing both of its
+/// precisions. Between its first and last use a precision stays resident.
+///
+/// # Examples
+///
+/// ```
+/// use haagenti_adaptive_core::Precision::{FP16, INT8};
+/// use haagenti_adaptive_runtime::RunPlan;
+///
+/// let plan = RunPlan::from_precisions("two-zone", &[INT8, INT8, FP16]);
+/// let res = plan.residency();
+/// assert_eq!(res[0].load, vec![INT8]);
+/// assert_eq!(res[1].release, vec![INT8]);
+/// assert_eq!(res[2].load, vec![FP16]);
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunPlan {
+    /// A name for reports (`fp32`, `balanced`, `calibrated`, ...).
+    pub name: String,
+    /// One entry a step.
+    pub steps: Vec<Mix>,
+    /// Steps ahead of its first use that a precision is loaded.
+    pub lookahead: usize,
+}
+
+/// Loads before and releases after one step.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepResidency {
+    /// Precisions to load before the step.
+    pub load: Vec<Precision>,
+    /// Precisions to drop after the step.
+    pub release: Vec<Precision>,
+}
+
+impl RunPlan {
+    /// Every step at `p`.
+    pub fn uniform(name: impl Into<String>, p: Precision, steps: usize) -> Self {
+        Self {
+            name: name.into(),
+            steps: vec![Mix::at(p); steps],
+            lookahead: 0,
+        }
+    }
+
+    /// Plain steps at the given precisions.
+    pub fn from_precisions(name: impl Into<String>, precisions: &[Precision]) -> Self {
+        Self {
+            name: name.into(),
+            steps: precisions.iter().map(|&p| Mix::at(p)).collect(),
+            lookahead: 0,
+        }
+    }
+
+    /// Steps at the given precisions with optional blends: `blends[i] = Some((from, f))` makes
+    /// step `i` evaluate `(1 - f) D_from + f D_precision`, as a gradual transition window does.
+    /// A blend whose `from` equals the step's own precision is dropped.
+    pub fn with_blends(
+        name: impl Into<String>,
+        precisions: &[Precision],
+        blends: &[Option<(Precision, f32)>],
+    ) -> Self {
+        let steps = precisions
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| Mix {
+                precision: p,
+                blend: blends
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .filter(|&(from, _)| from != p)
+                    .map(|(from, factor)| Blend { from, factor }),
+            })
+            .collect();
+        Self {
+            name: name.into(),
+            steps,
+            lookahead: 0,
+        }
+    }
+
+    /// The main precision of every step.
+    pub fn precisions(&self) -> Vec<Precision> {
+        self.steps.iter().map(|m| m.precision).collect()
+    }
+
+    /// Checks the plan against a run of `steps` steps.
+    ///
+    /// # Errors
+    ///
+    /// [`RuntimeError::InvalidPlan`] for a length mismatch or a blend factor outside `[0, 1]`.
+    pub fn validate(&self, steps: usize) -> Result<()> {
+        if self.steps.len() != steps {
+            return Err(RuntimeError::InvalidPlan(format!(
+                "plan {:?} has {} steps, the run has {steps}",
+                self.name,
+                self.steps.len()
+            )));
+        }
+        for (i, m) in self.steps.iter().enumerate() {
+            if let Some(b) = m.blend
+                && !(0.0..=1.0).contains(&b.factor)
+            {
+                return Err(RuntimeError::InvalidPlan(format!(
+                    "step {i} of plan {:?} has blend factor {}",
+                    self.name, b.factor
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads and releases around each step (see the type's docs).
+    pub fn residency(&self) -> Vec<StepResidency> {
+        let n = self.steps.len();
+        let mut out = vec![StepResidency::default(); n];
+        for p in Precision::ALL {
+            let uses: Vec<usize> = (0..n)
+                .filter(|&i| self.steps[i].precisions().any(|q| q == p))
+                .collect();
+            if let (Some(&first), Some(&last)) = (uses.first(), uses.last()) {
+                out[first.saturating_sub(self.lookahead)].load.push(p);
+                out[last].release.push(p);
+            }
+        }
+        out
+    }
+
+    /// The precisions resident during each step under [`RunPlan::residency`].
+    pub fn resident_sets(&self) -> Vec<Vec<Precision>> {
+        let mut now: Vec<Precision> = Vec::new();
+        self.residency()
+            .into_iter()
+            .map(|r| {
+                now.extend(r.load);
+                now.sort();
+                let during = now.clone();
+                now.retain(|p| !r.release.contains(p));
+                during
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Precision::*;
+
+    #[test]
+    fn residency_spans_first_to_last_use() {
+        let plan = RunPlan::from_precisions("p", &[INT4, INT8, INT4, FP16, FP16]);
+        let sets = plan.resident_sets();
+        assert_eq!(sets[0], vec![INT4]);
+        assert_eq!(sets[1], vec![INT4, INT8]);
+        assert_eq!(sets[2], vec![INT4]);
+        assert_eq!(sets[3], vec![FP16]);
+        assert_eq!(sets[4], vec![FP16]);
+    }
+
+    #[test]
+    fn lookahead_and_blends_extend_residency() {
+        let mut plan = RunPlan::with_blends(
+            "g",
+            &[INT8, FP16, FP16, FP16],
+            &[None, Some((INT8, 0.25)), Some((INT8, 0.75)), None],
+        );
+        assert_eq!(
+            plan.resident_sets(),
+            vec![vec![INT8], vec![INT8, FP16], vec![INT8, FP16], vec![FP16]]
+        );
+        plan.lookahead = 1;
+        assert_eq!(plan.resident_sets()[0], vec![INT8, FP16]);
+        // A blend towards the same precision is not a blend.
+        let same = RunPlan::with_blends("s", &[INT8, INT8], &[None, Some((INT8, 0.5))]);
+        assert_eq!(same.steps[1].blend, None);
+    }
+
+    #[test]
+    fn validation() {
+        let plan = RunPlan::uniform("u", FP32, 3);
+        assert!(plan.validate(3).is_ok());
+        assert!(plan.validate(4).is_err());
+        let bad = RunPlan::with_blends("b", &[INT8, FP16], &[None, Some((INT8, 1.5))]);
+        assert!(bad.validate(2).is_err());
+    }
+}

@@ -1,0 +1,260 @@
+//! What a schedule is generated from.
+
+use haagenti_adaptive_core::{AdaptiveError, PrecisionCapabilities, Result, TransitionStrategy};
+use serde::{Deserialize, Serialize};
+
+use crate::{PrecisionProfile, ProfilePreset};
+
+/// The longest schedule generated, in steps; a guard against configurations (read from JSON,
+/// say) that would allocate without bound.
+pub const MAX_STEPS: u32 = 10_000_000;
+
+/// Configuration for [`crate::PrecisionSchedule::generate`].
+///
+/// Missing fields take their defaults when deserialised (30 steps, `balanced`, a modern 8 GiB GPU,
+/// `min_quality` 0.9, immediate transitions, lenient capabilities), and deserialising checks the
+/// same things as [`ScheduleConfig::validate`].
+///
+/// # Examples
+///
+/// ```
+/// use haagenti_adaptive_core::{PrecisionCapabilities, TransitionStrategy};
+/// use haagenti_adaptive_schedule::{PrecisionSchedule, ProfilePreset, ScheduleConfig};
+///
+/// let config = ScheduleConfig::with_preset(ProfilePreset::Quality)
+///     .steps(50)
+///     .capabilities(PrecisionCapabilities::legacy_gpu(8192))
+///     .strategy(TransitionStrategy::Gradual { steps: 3 })
+///     .min_quality(0.95);
+/// let schedule = PrecisionSchedule::generate(config)?;
+/// assert_eq!(schedule.steps.len(), 50);
+/// assert!(ScheduleConfig::default().steps(0).validate().is_err());
+/// # Ok::<(), haagenti_adaptive_core::AdaptiveError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "ConfigData")]
+pub struct ScheduleConfig {
+    /// Number of denoising steps (at least 1, at most [`MAX_STEPS`]).
+    pub total_steps: u32,
+    /// The preset used when `custom_profile` is `None`.
+    pub preset: ProfilePreset,
+    /// A profile that replaces the preset.
+    pub custom_profile: Option<PrecisionProfile>,
+    /// What the device executes: each zone's precision becomes the cheapest supported one at or
+    /// above it.
+    pub capabilities: PrecisionCapabilities,
+    /// The lowest average quality accepted, in `[0, 1]` (seed constants, relative to FP32).
+    pub min_quality: f32,
+    /// How each precision change is blended.
+    pub transition_strategy: TransitionStrategy,
+    /// Whether a zone precision with nothing supported at or above it is an error
+    /// ([`AdaptiveError::UnsupportedPrecision`]) rather than a fall back to the most faithful
+    /// supported precision.
+    pub strict_capabilities: bool,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            total_steps: 30,
+            preset: ProfilePreset::default(),
+            custom_profile: None,
+            capabilities: PrecisionCapabilities::default(),
+            min_quality: 0.9,
+            transition_strategy: TransitionStrategy::default(),
+            strict_capabilities: false,
+        }
+    }
+}
+
+impl ScheduleConfig {
+    /// The default configuration with `preset`.
+    pub fn with_preset(preset: ProfilePreset) -> Self {
+        ScheduleConfig {
+            preset,
+            ..ScheduleConfig::default()
+        }
+    }
+
+    /// Sets the number of steps.
+    pub fn steps(mut self, total_steps: u32) -> Self {
+        self.total_steps = total_steps;
+        self
+    }
+
+    /// Sets the device capabilities.
+    pub fn capabilities(mut self, capabilities: PrecisionCapabilities) -> Self {
+        self.capabilities = capabilities;
+        self
+    }
+
+    /// Sets the lowest average quality accepted.
+    pub fn min_quality(mut self, min_quality: f32) -> Self {
+        self.min_quality = min_quality;
+        self
+    }
+
+    /// Uses `profile` instead of the preset.
+    pub fn custom_profile(mut self, profile: PrecisionProfile) -> Self {
+        self.custom_profile = Some(profile);
+        self
+    }
+
+    /// Sets the transition strategy.
+    pub fn strategy(mut self, strategy: TransitionStrategy) -> Self {
+        self.transition_strategy = strategy;
+        self
+    }
+
+    /// Sets whether unsupported precisions are errors.
+    pub fn strict(mut self, strict: bool) -> Self {
+        self.strict_capabilities = strict;
+        self
+    }
+
+    /// The profile in force: the custom one if set, else the preset's.
+    pub fn profile(&self) -> PrecisionProfile {
+        self.custom_profile
+            .clone()
+            .unwrap_or_else(|| self.preset.build())
+    }
+
+    /// Checks the configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`AdaptiveError::ScheduleError`] for zero steps or more than [`MAX_STEPS`], a `min_quality`
+    /// that is NaN or outside `[0, 1]`, capabilities that support nothing, or a gradual strategy
+    /// of zero steps; [`AdaptiveError::ProfileError`] for an invalid custom profile.
+    pub fn validate(&self) -> Result<()> {
+        let err = |msg: String| Err(AdaptiveError::ScheduleError(msg));
+        if self.total_steps == 0 {
+            return err("total_steps must be at least 1".into());
+        }
+        if self.total_steps > MAX_STEPS {
+            return err(format!(
+                "total_steps {} exceeds the maximum of {MAX_STEPS}",
+                self.total_steps
+            ));
+        }
+        if !(self.min_quality.is_finite() && (0.0..=1.0).contains(&self.min_quality)) {
+            return err(format!(
+                "min_quality {} is not a number in [0, 1]",
+                self.min_quality
+            ));
+        }
+        if self.capabilities.supported.is_empty() {
+            return err("the capabilities support no precision".into());
+        }
+        if self.transition_strategy == (TransitionStrategy::Gradual { steps: 0 }) {
+            return err("a gradual transition needs at least 1 step".into());
+        }
+        if let Some(profile) = &self.custom_profile {
+            profile.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// The serialised form of a configuration, checked before it becomes a [`ScheduleConfig`].
+#[derive(Deserialize)]
+#[serde(default)]
+struct ConfigData {
+    total_steps: u32,
+    preset: ProfilePreset,
+    custom_profile: Option<PrecisionProfile>,
+    capabilities: PrecisionCapabilities,
+    min_quality: f32,
+    transition_strategy: TransitionStrategy,
+    strict_capabilities: bool,
+}
+
+impl Default for ConfigData {
+    fn default() -> Self {
+        let d = ScheduleConfig::default();
+        ConfigData {
+            total_steps: d.total_steps,
+            preset: d.preset,
+            custom_profile: d.custom_profile,
+            capabilities: d.capabilities,
+            min_quality: d.min_quality,
+            transition_strategy: d.transition_strategy,
+            strict_capabilities: d.strict_capabilities,
+        }
+    }
+}
+
+impl TryFrom<ConfigData> for ScheduleConfig {
+    type Error = AdaptiveError;
+
+    fn try_from(d: ConfigData) -> Result<Self> {
+        let config = ScheduleConfig {
+            total_steps: d.total_steps,
+            preset: d.preset,
+            custom_profile: d.custom_profile,
+            capabilities: d.capabilities,
+            min_quality: d.min_quality,
+            transition_strategy: d.transition_strategy,
+            strict_capabilities: d.strict_capabilities,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule_error(c: &ScheduleConfig) -> String {
+        match c.validate() {
+            Err(AdaptiveError::ScheduleError(m)) => m,
+            other => panic!("expected a schedule error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn validation_rejects_out_of_range_values() {
+        ScheduleConfig::default().validate().unwrap();
+        assert!(schedule_error(&ScheduleConfig::default().steps(0)).contains("at least 1"));
+        assert!(
+            schedule_error(&ScheduleConfig::default().steps(MAX_STEPS + 1)).contains("maximum")
+        );
+        for q in [f32::NAN, -0.1, 1.5, f32::INFINITY] {
+            assert!(
+                schedule_error(&ScheduleConfig::default().min_quality(q)).contains("min_quality")
+            );
+        }
+        let mut nothing = PrecisionCapabilities::default();
+        nothing.supported.clear();
+        assert!(
+            schedule_error(&ScheduleConfig::default().capabilities(nothing))
+                .contains("no precision")
+        );
+        let zero = ScheduleConfig::default().strategy(TransitionStrategy::Gradual { steps: 0 });
+        assert!(schedule_error(&zero).contains("gradual"));
+        let bad_profile = PrecisionProfile::new("x", "");
+        assert!(matches!(
+            ScheduleConfig::default()
+                .custom_profile(bad_profile)
+                .validate(),
+            Err(AdaptiveError::ProfileError(_))
+        ));
+    }
+
+    #[test]
+    fn json_fills_defaults_and_validates() {
+        let c: ScheduleConfig = serde_json::from_str("{\"total_steps\": 12}").unwrap();
+        assert_eq!(c, ScheduleConfig::default().steps(12));
+        let full = ScheduleConfig::with_preset(ProfilePreset::LowVram)
+            .strategy(TransitionStrategy::StepAware)
+            .custom_profile(ProfilePreset::Quality.build())
+            .strict(true);
+        let json = serde_json::to_string(&full).unwrap();
+        assert_eq!(serde_json::from_str::<ScheduleConfig>(&json).unwrap(), full);
+        assert!(serde_json::from_str::<ScheduleConfig>("{\"total_steps\": 0}").is_err());
+        assert!(serde_json::from_str::<ScheduleConfig>("{\"total_steps\": -3}").is_err());
+        assert!(serde_json::from_str::<ScheduleConfig>("{\"min_quality\": 2.0}").is_err());
+        assert!(serde_json::from_str::<ScheduleConfig>("{\"preset\": \"turbo\"}").is_err());
+    }
+}
