@@ -23,7 +23,14 @@ fn main() -> anyhow::Result<()> {
         ["bench", "kernels", rest @ ..] => bench_kernels(rest),
         ["bench", "schedule", rest @ ..] => {
             let mut cmd = cargo();
-            cmd.args(["bench", "-p", "haagenti-adaptive-benches", "--bench", "schedule", "--"]);
+            cmd.args([
+                "bench",
+                "-p",
+                "haagenti-adaptive-benches",
+                "--bench",
+                "schedule",
+                "--",
+            ]);
             cmd.args(rest);
             run(cmd)
         }
@@ -45,7 +52,14 @@ fn ci() -> anyhow::Result<()> {
 
 fn bench_kernels(rest: &[&str]) -> anyhow::Result<()> {
     let mut cmd = cargo();
-    cmd.args(["run", "--release", "-p", "haagenti-adaptive-benches", "--bin", "kernels"]);
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "haagenti-adaptive-benches",
+        "--bin",
+        "kernels",
+    ]);
     let mut forwarded = Vec::new();
     for &arg in rest {
         if arg == "--candle" {
@@ -73,7 +87,9 @@ fn workspace_root() -> PathBuf {
 
 fn run(mut cmd: Command) -> anyhow::Result<()> {
     eprintln!("$ {cmd:?}");
-    let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }

@@ -47,7 +47,11 @@ pub(crate) fn run(args: ProbeArgs) -> anyhow::Result<()> {
             Err(err) => (None, err.to_string()),
         };
     let out = if args.json {
-        let output = ProbeOutput { report: &report, capabilities, capabilities_note };
+        let output = ProbeOutput {
+            report: &report,
+            capabilities,
+            capabilities_note,
+        };
         let mut text = serde_json::to_string_pretty(&output).context("serialising the report")?;
         text.push('\n');
         text
@@ -69,10 +73,18 @@ fn summary(
     let mb = |v: Option<u64>| v.map_or_else(|| "unknown".to_owned(), |m| format!("{m} MiB"));
     // Writing to a String cannot fail.
     let _ = writeln!(s, "CPU");
-    let _ = writeln!(s, "  model        {}", cpu.model_name.as_deref().unwrap_or("unknown"));
+    let _ = writeln!(
+        s,
+        "  model        {}",
+        cpu.model_name.as_deref().unwrap_or("unknown")
+    );
     let _ = writeln!(s, "  arch         {}", cpu.arch);
     let _ = writeln!(s, "  cores        {}", cpu.cores);
-    let features = if cpu.features.is_empty() { "none".to_owned() } else { cpu.features.join(" ") };
+    let features = if cpu.features.is_empty() {
+        "none".to_owned()
+    } else {
+        cpu.features.join(" ")
+    };
     let _ = writeln!(s, "  features     {features}");
     let _ = writeln!(s, "  kernel path  {}", cpu.kernel_path);
     let _ = writeln!(
@@ -88,12 +100,25 @@ fn summary(
     }
     for (i, a) in report.adapters.iter().enumerate() {
         let _ = writeln!(s, "  [{i}] {} ({:?}, {})", a.name, a.device_type, a.backend);
+        let driver: Vec<&str> = [a.driver.as_str(), a.driver_info.as_str()]
+            .into_iter()
+            .filter(|d| !d.is_empty())
+            .collect();
+        let driver = if driver.is_empty() {
+            "unknown".to_owned()
+        } else {
+            driver.join(" ")
+        };
         let _ = writeln!(
             s,
-            "      ids {:#06x}:{:#06x}, driver {} {}",
-            a.vendor_id, a.device_id, a.driver, a.driver_info
+            "      ids {:#06x}:{:#06x}, driver {driver}",
+            a.vendor_id, a.device_id
         );
-        let feats = if a.features.is_empty() { "none".to_owned() } else { a.features.join(" ") };
+        let feats = if a.features.is_empty() {
+            "none".to_owned()
+        } else {
+            a.features.join(" ")
+        };
         let _ = writeln!(s, "      features {feats}");
         let _ = writeln!(
             s,
@@ -126,11 +151,16 @@ fn summary(
             let _ = writeln!(s, "  {caps_note}");
         }
         None => {
-            let _ = writeln!(s, "Capabilities: none derived: {caps_note} (use --memory-mb)");
+            let _ = writeln!(
+                s,
+                "Capabilities: none derived: {caps_note} (use --memory-mb)"
+            );
         }
     }
     let t = &report.timings;
-    let adapters = t.adapters_ms.map_or_else(String::new, |ms| format!(", adapters {ms:.1} ms"));
+    let adapters = t
+        .adapters_ms
+        .map_or_else(String::new, |ms| format!(", adapters {ms:.1} ms"));
     let _ = writeln!(s, "Probed in: cpu {:.0} us{adapters}", t.cpu_us);
     s
 }

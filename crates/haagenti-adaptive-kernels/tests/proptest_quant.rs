@@ -148,7 +148,10 @@ proptest! {
     }
 
     #[test]
-    fn quantize_then_requantize_is_stable(x in row()) {
+    fn quantize_then_requantize_is_stable(
+        // Within Q8_0's range (an f16 scale times 127), so every block dequantizes finite.
+        x in row().prop_map(|v| v.into_iter().map(|x| x.clamp(-8.0e6, 8.0e6)).collect::<Vec<_>>())
+    ) {
         // Dequantized Q8_0 values quantize back to the same q (the scale may round differently,
         // so compare the values, which is what matters).
         let nb = x.len() / QK;
@@ -156,7 +159,7 @@ proptest! {
         quantize_row_q8_0(&x, &mut b);
         let mut y = vec![0.0; x.len()];
         dequantize_row_q8_0(&b, &mut y);
-        prop_assume!(y.iter().all(|v| v.is_finite()));
+        prop_assert!(y.iter().all(|v| v.is_finite()));
         let mut b2 = vec![BlockQ8_0::default(); nb];
         quantize_row_q8_0(&y, &mut b2);
         let mut y2 = vec![0.0; x.len()];

@@ -35,7 +35,11 @@ fn main() {
         let start = Instant::now();
         let r = CapabilityReport::probe();
         let ms = start.elapsed().as_secs_f64() * 1e3;
-        println!("full probe {run}: {ms:.1} ms, {} adapter(s), note {:?}", r.adapters.len(), r.gpu_note);
+        println!(
+            "full probe {run}: {ms:.1} ms, {} adapter(s), note {:?}",
+            r.adapters.len(),
+            r.gpu_note
+        );
         report = Some(r);
     }
     if let Some(r) = report {

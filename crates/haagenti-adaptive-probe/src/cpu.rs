@@ -86,7 +86,11 @@ fn detect_features() -> Vec<&'static str> {
         ("avx512fp16", has!("avx512fp16")),
         ("avx-vnni", has!("avxvnni")),
     ];
-    table.into_iter().filter(|&(_, on)| on).map(|(name, _)| name).collect()
+    table
+        .into_iter()
+        .filter(|&(_, on)| on)
+        .map(|(name, _)| name)
+        .collect()
 }
 
 /// The features of [`CpuReport::probe`]'s table that this CPU has, in table order.
@@ -101,7 +105,11 @@ fn detect_features() -> Vec<&'static str> {
         ("bf16", has!("bf16")),
         ("sve", has!("sve")),
     ];
-    table.into_iter().filter(|&(_, on)| on).map(|(name, _)| name).collect()
+    table
+        .into_iter()
+        .filter(|&(_, on)| on)
+        .map(|(name, _)| name)
+        .collect()
 }
 
 /// No feature table for other architectures: the kernels run their portable code there.

@@ -115,7 +115,10 @@ impl AdapterReport {
 pub(crate) const PACKED_DOT: &str = "packed-4x8-integer-dot-product";
 
 /// `SHADER_F16` -> `shader-f16`.
-#[cfg_attr(not(feature = "wgpu"), allow(dead_code, reason = "used by the wgpu probe"))]
+#[cfg_attr(
+    not(feature = "wgpu"),
+    allow(dead_code, reason = "used by the wgpu probe")
+)]
 pub(crate) fn kebab(flag_name: &str) -> String {
     flag_name.to_ascii_lowercase().replace('_', "-")
 }
@@ -146,17 +149,29 @@ mod with_wgpu {
     use std::panic::{AssertUnwindSafe, catch_unwind};
     use std::path::Path;
 
-    use super::{AdapterLimits, AdapterReport, DeviceType, GpuProbe, PACKED_DOT, VramSource, kebab};
+    use super::{
+        AdapterLimits, AdapterReport, DeviceType, GpuProbe, PACKED_DOT, VramSource, kebab,
+    };
     use crate::vram::{drm_vram, match_vram};
 
     /// Every adapter of every backend this build enables (narrowed by `WGPU_BACKEND` when set).
     /// Creates no device. A panic inside wgpu or a driver becomes a note, not a crash.
     pub(crate) fn enumerate() -> GpuProbe {
         let enabled = wgpu::Instance::enabled_backend_features();
-        let backends = wgpu::Backends::all().with_env() & enabled;
+        let requested = wgpu::Backends::all().with_env();
+        let backends = requested & enabled;
         if backends.is_empty() {
+            let note = if requested == wgpu::Backends::all() {
+                "this build enables no wgpu backend for this platform".to_owned()
+            } else {
+                format!(
+                    "WGPU_BACKEND asks for {}, none of which this build enables here ({})",
+                    names(requested),
+                    names(enabled)
+                )
+            };
             return GpuProbe {
-                note: Some("no wgpu backend is enabled for this platform".to_owned()),
+                note: Some(note),
                 ..GpuProbe::default()
             };
         }
@@ -184,23 +199,33 @@ mod with_wgpu {
         let instance = wgpu::Instance::new(desc);
 
         let language = instance.wgsl_language_features();
-        let packed_dot =
-            language.contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct);
-        let wgsl_language_features = language.iter_names().map(|(name, _)| wgsl_name(name)).collect();
+        let packed_dot = language.contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct);
+        let wgsl_language_features = language
+            .iter_names()
+            .map(|(name, _)| wgsl_name(name))
+            .collect();
 
         let cards = drm_vram(Path::new("/sys/class/drm"));
-        let adapters: Vec<AdapterReport> = pollster::block_on(instance.enumerate_adapters(backends))
-            .iter()
-            .map(|adapter| describe(adapter, packed_dot, &cards))
-            .collect();
-        let note = adapters.is_empty().then(|| {
-            let names: Vec<&str> = backends.iter().filter_map(backend_name).collect();
-            format!("wgpu found no adapter on backends {}", names.join(", "))
-        });
-        GpuProbe { adapters, note, wgsl_language_features }
+        let adapters: Vec<AdapterReport> =
+            pollster::block_on(instance.enumerate_adapters(backends))
+                .iter()
+                .map(|adapter| describe(adapter, packed_dot, &cards))
+                .collect();
+        let note = adapters
+            .is_empty()
+            .then(|| format!("wgpu found no adapter on backends {}", names(backends)));
+        GpuProbe {
+            adapters,
+            note,
+            wgsl_language_features,
+        }
     }
 
-    fn describe(adapter: &wgpu::Adapter, packed_dot: bool, cards: &[crate::vram::DrmVram]) -> AdapterReport {
+    fn describe(
+        adapter: &wgpu::Adapter,
+        packed_dot: bool,
+        cards: &[crate::vram::DrmVram],
+    ) -> AdapterReport {
         let info = adapter.get_info();
         let features = adapter.features();
         let limits = adapter.limits();
@@ -248,6 +273,16 @@ mod with_wgpu {
             },
             vram_mb,
             vram_source: vram_mb.map(|_| VramSource::LinuxDrmSysfs),
+        }
+    }
+
+    /// The names of a set of backends, comma-separated ("vulkan, gl").
+    fn names(set: wgpu::Backends) -> String {
+        let names: Vec<&str> = set.iter().filter_map(backend_name).collect();
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
         }
     }
 
@@ -303,7 +338,15 @@ mod with_wgpu {
             );
             assert_eq!(kebab("SHADER_F16"), "shader-f16");
             assert_eq!(backend_name(wgpu::Backends::GL), Some("gl"));
-            assert_eq!(backend_name(wgpu::Backends::GL | wgpu::Backends::VULKAN), None);
+            assert_eq!(
+                backend_name(wgpu::Backends::GL | wgpu::Backends::VULKAN),
+                None
+            );
+            assert_eq!(
+                names(wgpu::Backends::VULKAN | wgpu::Backends::GL),
+                "vulkan, gl"
+            );
+            assert_eq!(names(wgpu::Backends::empty()), "none");
         }
     }
 }

@@ -65,6 +65,7 @@
 
 mod cpu;
 mod gpu;
+#[cfg(feature = "wgpu")]
 mod vram;
 
 use std::time::Instant;
@@ -168,7 +169,10 @@ impl CapabilityReport {
             adapters: Vec::new(),
             gpu_note: Some("adapters not enumerated".to_owned()),
             wgsl_language_features: Vec::new(),
-            timings: ProbeTimings { cpu_us, adapters_ms: None },
+            timings: ProbeTimings {
+                cpu_us,
+                adapters_ms: None,
+            },
         }
     }
 
@@ -224,7 +228,10 @@ impl CapabilityReport {
                     index,
                     count: self.adapters.len(),
                 })?;
-                Err(ProbeError::NoGpuKernels { index, name: adapter.name.clone() })
+                Err(ProbeError::NoGpuKernels {
+                    index,
+                    name: adapter.name.clone(),
+                })
             }
         }
     }
@@ -313,15 +320,24 @@ mod tests {
         assert_eq!(budget(None, None, Some(7)), Ok(7));
         assert_eq!(budget(None, None, None), Err(ProbeError::UnknownMemory));
         // A zero from the OS is no figure, a zero from the user an error.
-        assert_eq!(budget(Some(0), Some(0), None), Err(ProbeError::UnknownMemory));
-        assert_eq!(budget(Some(200), Some(100), Some(0)), Err(ProbeError::ZeroMemory));
+        assert_eq!(
+            budget(Some(0), Some(0), None),
+            Err(ProbeError::UnknownMemory)
+        );
+        assert_eq!(
+            budget(Some(200), Some(100), Some(0)),
+            Err(ProbeError::ZeroMemory)
+        );
     }
 
     #[test]
     fn errors_read_as_one_lowercase_line() {
         let errs = [
             ProbeError::NoSuchAdapter { index: 2, count: 1 },
-            ProbeError::NoGpuKernels { index: 0, name: "llvmpipe".into() },
+            ProbeError::NoGpuKernels {
+                index: 0,
+                name: "llvmpipe".into(),
+            },
             ProbeError::UnknownMemory,
             ProbeError::ZeroMemory,
         ];

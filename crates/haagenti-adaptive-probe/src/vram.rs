@@ -90,7 +90,11 @@ mod tests {
         let cards = drm_vram(root);
         assert_eq!(
             cards,
-            vec![DrmVram { vendor: 0x1002, device: 0x73bf, vram_mb: 16368 }]
+            vec![DrmVram {
+                vendor: 0x1002,
+                device: 0x73bf,
+                vram_mb: 16368
+            }]
         );
         assert_eq!(match_vram(&cards, 0x1002, 0x73bf), Some(16368));
         assert_eq!(match_vram(&cards, 0x10de, 0x2684), None);
@@ -99,8 +103,15 @@ mod tests {
 
     #[test]
     fn ambiguous_matches_give_nothing() {
-        let a = DrmVram { vendor: 0x1002, device: 1, vram_mb: 8192 };
-        let b = DrmVram { vram_mb: 16384, ..a };
+        let a = DrmVram {
+            vendor: 0x1002,
+            device: 1,
+            vram_mb: 8192,
+        };
+        let b = DrmVram {
+            vram_mb: 16384,
+            ..a
+        };
         assert_eq!(match_vram(&[a, a], 0x1002, 1), Some(8192));
         assert_eq!(match_vram(&[a, b], 0x1002, 1), None);
         // A Khronos vendor id is not a PCI id, whatever its low bits.

@@ -29,7 +29,10 @@ fn adapters_or_skip(test: &str) -> Option<&'static [AdapterReport]> {
             "HAAGENTI_EXPECT_ADAPTER=1 but no adapter was found: {:?}",
             r.gpu_note
         );
-        eprintln!("{test}: skipped, no adapter ({:?}); set HAAGENTI_EXPECT_ADAPTER=1 to fail instead", r.gpu_note);
+        eprintln!(
+            "{test}: skipped, no adapter ({:?}); set HAAGENTI_EXPECT_ADAPTER=1 to fail instead",
+            r.gpu_note
+        );
         return None;
     }
     Some(&r.adapters)
@@ -38,7 +41,8 @@ fn adapters_or_skip(test: &str) -> Option<&'static [AdapterReport]> {
 /// The `flags` (x86) or `Features` (aarch64) of the first processor in `/proc/cpuinfo`.
 #[cfg(target_os = "linux")]
 fn cpuinfo_flags() -> Vec<String> {
-    let text = std::fs::read_to_string("/proc/cpuinfo").expect("/proc/cpuinfo is readable on linux");
+    let text =
+        std::fs::read_to_string("/proc/cpuinfo").expect("/proc/cpuinfo is readable on linux");
     let line = text
         .lines()
         .find(|l| l.starts_with("flags") || l.starts_with("Features"))
@@ -77,7 +81,10 @@ fn x86_features_agree_with_proc_cpuinfo() {
     }
     // Every listed feature is one of the table's.
     for f in &cpu.features {
-        assert!(pairs.iter().any(|(ours, _)| ours == f), "unexpected feature {f}");
+        assert!(
+            pairs.iter().any(|(ours, _)| ours == f),
+            "unexpected feature {f}"
+        );
     }
 }
 
@@ -95,7 +102,11 @@ fn aarch64_features_agree_with_proc_cpuinfo() {
         ("sve", "sve"),
     ];
     for (ours, kernel) in pairs {
-        assert_eq!(cpu.has(ours), flags.iter().any(|f| f == kernel), "{ours} vs {kernel}");
+        assert_eq!(
+            cpu.has(ours),
+            flags.iter().any(|f| f == kernel),
+            "{ours} vs {kernel}"
+        );
     }
 }
 
@@ -104,14 +115,26 @@ fn aarch64_features_agree_with_proc_cpuinfo() {
 fn linux_reports_memory_and_cores() {
     let cpu = &report().cpu;
     let total = cpu.memory_total_mb.expect("linux reports MemTotal");
-    let available = cpu.memory_available_mb.expect("linux 3.14+ reports MemAvailable");
-    assert!(total > 0 && available <= total, "{available} of {total} MiB");
+    let available = cpu
+        .memory_available_mb
+        .expect("linux 3.14+ reports MemAvailable");
+    assert!(
+        total > 0 && available <= total,
+        "{available} of {total} MiB"
+    );
     assert!(cpu.cores >= 1);
-    assert_eq!(cpu.cores, std::thread::available_parallelism().unwrap().get());
+    assert_eq!(
+        cpu.cores,
+        std::thread::available_parallelism().unwrap().get()
+    );
     // Memory moves between two reads, so only its bounds are checked here; the rule that picks
     // the figure is tested on fixed reports in the crate's unit tests.
     let caps = haagenti_adaptive_probe::probe_capabilities().expect("linux reports memory");
-    assert!(caps.vram_mb > 0 && caps.vram_mb <= total, "{} of {total} MiB", caps.vram_mb);
+    assert!(
+        caps.vram_mb > 0 && caps.vram_mb <= total,
+        "{} of {total} MiB",
+        caps.vram_mb
+    );
 }
 
 #[test]
@@ -125,14 +148,20 @@ fn derived_capabilities_only_hold_what_the_report_supports() {
     assert_eq!(caps.vram_mb, 2048);
     assert!(!caps.int4_tensor_cores && !caps.int8_tensor_cores);
     assert_eq!(caps.compute_capability, None);
-    assert_eq!(r.capabilities(DeviceChoice::Cpu, Some(0)), Err(ProbeError::ZeroMemory));
+    assert_eq!(
+        r.capabilities(DeviceChoice::Cpu, Some(0)),
+        Err(ProbeError::ZeroMemory)
+    );
 
     // No adapter executes: every listed one is refused, one past the end is out of range.
     let n = r.adapters.len();
     for (index, a) in r.adapters.iter().enumerate() {
         assert_eq!(
             r.capabilities(DeviceChoice::Adapter(index), None),
-            Err(ProbeError::NoGpuKernels { index, name: a.name.clone() })
+            Err(ProbeError::NoGpuKernels {
+                index,
+                name: a.name.clone()
+            })
         );
         // What the shaders could do natively stays within what the adapter's features say.
         let sp = a.shader_precisions();
@@ -149,9 +178,17 @@ fn derived_capabilities_only_hold_what_the_report_supports() {
 #[test]
 fn an_empty_adapter_list_is_explained() {
     let r = report();
-    assert_eq!(r.adapters.is_empty(), r.gpu_note.is_some(), "{:?}", r.gpu_note);
+    assert_eq!(
+        r.adapters.is_empty(),
+        r.gpu_note.is_some(),
+        "{:?}",
+        r.gpu_note
+    );
     if !cfg!(feature = "wgpu") {
-        assert_eq!(r.gpu_note.as_deref(), Some("built without the wgpu feature"));
+        assert_eq!(
+            r.gpu_note.as_deref(),
+            Some("built without the wgpu feature")
+        );
         assert!(r.timings.adapters_ms.is_some());
     }
     let cpu_only = CapabilityReport::probe_cpu();
@@ -167,10 +204,18 @@ fn adapters_are_described() {
     };
     for a in adapters {
         assert!(!a.name.is_empty());
-        assert!(["vulkan", "gl", "metal", "dx12", "webgpu"].contains(&a.backend.as_str()), "{}", a.backend);
+        assert!(
+            ["vulkan", "gl", "metal", "dx12", "webgpu"].contains(&a.backend.as_str()),
+            "{}",
+            a.backend
+        );
         // WebGPU's guaranteed minimums: every real adapter meets them.
         assert!(a.limits.max_buffer_size >= 256 << 20, "{:?}", a.limits);
-        assert!(a.limits.max_storage_buffer_binding_size >= 128 << 20, "{:?}", a.limits);
+        assert!(
+            a.limits.max_storage_buffer_binding_size >= 128 << 20,
+            "{:?}",
+            a.limits
+        );
         assert!(a.limits.max_compute_invocations_per_workgroup >= 256);
         assert!(a.limits.max_compute_workgroup_size_x >= 256);
         // The precision features are a subset of all the features, bar the WGSL one.
@@ -193,14 +238,19 @@ fn lavapipe_is_a_cpu_device_with_its_features() {
     let Some(adapters) = adapters_or_skip("lavapipe_is_a_cpu_device_with_its_features") else {
         return;
     };
-    let lavapipe: Vec<&AdapterReport> =
-        adapters.iter().filter(|a| a.name.starts_with("llvmpipe") && a.backend == "vulkan").collect();
+    let lavapipe: Vec<&AdapterReport> = adapters
+        .iter()
+        .filter(|a| a.name.starts_with("llvmpipe") && a.backend == "vulkan")
+        .collect();
     if lavapipe.is_empty() {
         assert!(
             !expect_adapter() || adapters.iter().any(|a| a.device_type != DeviceType::Cpu),
             "HAAGENTI_EXPECT_ADAPTER=1 and only software adapters, but none is lavapipe: {adapters:?}"
         );
-        eprintln!("lavapipe_is_a_cpu_device_with_its_features: skipped, lavapipe not among {} adapters", adapters.len());
+        eprintln!(
+            "lavapipe_is_a_cpu_device_with_its_features: skipped, lavapipe not among {} adapters",
+            adapters.len()
+        );
         return;
     }
     for a in lavapipe {
@@ -240,11 +290,17 @@ fn the_report_round_trips_through_json() {
 fn user_vram_replaces_the_os_figure() {
     let mut r = report().clone();
     let n = r.adapters.len();
-    assert_eq!(r.set_adapter_vram(n, 1024), Err(ProbeError::NoSuchAdapter { index: n, count: n }));
+    assert_eq!(
+        r.set_adapter_vram(n, 1024),
+        Err(ProbeError::NoSuchAdapter { index: n, count: n })
+    );
     if n > 0 {
         assert_eq!(r.set_adapter_vram(0, 0), Err(ProbeError::ZeroMemory));
         r.set_adapter_vram(0, 24_576).unwrap();
         assert_eq!(r.adapters[0].vram_mb, Some(24_576));
-        assert_eq!(r.adapters[0].vram_source, Some(haagenti_adaptive_probe::VramSource::User));
+        assert_eq!(
+            r.adapters[0].vram_source,
+            Some(haagenti_adaptive_probe::VramSource::User)
+        );
     }
 }

@@ -281,13 +281,13 @@ pub fn solve_budget_steps(
     let mut best = vec![inf; UNITS + 1];
     best[0] = (0.0, 0.0);
     let mut parent: Vec<Vec<(usize, usize)>> = Vec::with_capacity(n);
-    for i in 0..n {
+    for (i, costs_i) in step_costs.iter().enumerate() {
         let mut next = vec![inf; UNITS + 1];
         let mut par = vec![(usize::MAX, usize::MAX); UNITS + 1];
         for (ci, &(j, p)) in choices.iter().enumerate() {
             let e = table.error(i, p).unwrap_or(f64::INFINITY);
             let Some(w) = weight(e) else { continue };
-            let step_cost = step_costs[i][j];
+            let step_cost = costs_i[j];
             for used in 0..=UNITS - w {
                 let (bc, be) = best[used];
                 if !bc.is_finite() {

@@ -196,8 +196,7 @@ impl Executor {
             )));
         }
         let mut bufs = StepBuffers::default();
-        for i in from..to {
-            let p = precisions[i];
+        for (i, &p) in precisions.iter().enumerate().take(to).skip(from) {
             self.sampler.step(
                 x,
                 self.sigmas[i],

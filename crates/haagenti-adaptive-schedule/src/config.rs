@@ -3,6 +3,7 @@
 use haagenti_adaptive_core::{AdaptiveError, PrecisionCapabilities, Result, TransitionStrategy};
 use serde::{Deserialize, Serialize};
 
+use crate::noise::{NoiseProfile, NoiseSchedule};
 use crate::{PrecisionProfile, ProfilePreset};
 
 /// The longest schedule generated, in steps; a guard against configurations (read from JSON,
@@ -12,8 +13,19 @@ pub const MAX_STEPS: u32 = 10_000_000;
 /// Configuration for [`crate::PrecisionSchedule::generate`].
 ///
 /// Missing fields take their defaults when deserialised (30 steps, `balanced`, a modern 8 GiB GPU,
-/// `min_quality` 0.9, immediate transitions, lenient capabilities), and deserialising checks the
-/// same things as [`ScheduleConfig::validate`].
+/// `min_quality` 0.9, immediate transitions, lenient capabilities, no noise schedule, no noise
+/// profile), and deserialising checks the same things as [`ScheduleConfig::validate`].
+///
+/// # Profiles: by fraction or by noise level
+///
+/// The profile in force is, in order: `custom_noise_profile` (a [`NoiseProfile`], zones by
+/// log-SNR), `custom_profile` (a [`PrecisionProfile`], zones by fraction of the run), then the
+/// preset. Setting both custom profiles is an error. A noise-based profile needs the sampler's
+/// noise schedule (`noise`); without it validation fails, except for the
+/// [`ProfilePreset::NoiseAdaptive`] preset, which falls back to EDM's Karras schedule
+/// ([`NoiseSchedule::default`]: sigma 0.002 to 80, rho 7) and records that fallback in the
+/// generated schedule's `config.noise`. When `noise` is set, every generated step carries the
+/// sigma at which it evaluates the denoiser, whatever the kind of profile.
 ///
 /// # Examples
 ///
@@ -40,6 +52,14 @@ pub struct ScheduleConfig {
     pub preset: ProfilePreset,
     /// A profile that replaces the preset.
     pub custom_profile: Option<PrecisionProfile>,
+    /// A noise-level profile that replaces the preset; it needs `noise`. Exclusive with
+    /// `custom_profile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_noise_profile: Option<NoiseProfile>,
+    /// The sampler's noise schedule: step `i` of an `n`-step run evaluates the denoiser at
+    /// `noise.sigmas(n)[i]`, which noise-based profiles look up and every step records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<NoiseSchedule>,
     /// What the device executes: each zone's precision becomes the cheapest supported one at or
     /// above it.
     pub capabilities: PrecisionCapabilities,
@@ -59,6 +79,8 @@ impl Default for ScheduleConfig {
             total_steps: 30,
             preset: ProfilePreset::default(),
             custom_profile: None,
+            custom_noise_profile: None,
+            noise: None,
             capabilities: PrecisionCapabilities::default(),
             min_quality: 0.9,
             transition_strategy: TransitionStrategy::default(),
@@ -100,6 +122,19 @@ impl ScheduleConfig {
         self
     }
 
+    /// Uses the noise-level profile `profile` instead of the preset; it needs a noise schedule
+    /// ([`ScheduleConfig::noise`]).
+    pub fn custom_noise_profile(mut self, profile: NoiseProfile) -> Self {
+        self.custom_noise_profile = Some(profile);
+        self
+    }
+
+    /// Sets the sampler's noise schedule.
+    pub fn noise(mut self, schedule: NoiseSchedule) -> Self {
+        self.noise = Some(schedule);
+        self
+    }
+
     /// Sets the transition strategy.
     pub fn strategy(mut self, strategy: TransitionStrategy) -> Self {
         self.transition_strategy = strategy;
@@ -112,11 +147,51 @@ impl ScheduleConfig {
         self
     }
 
-    /// The profile in force: the custom one if set, else the preset's.
+    /// The fraction profile: the custom one if set, else the preset's (for
+    /// [`ProfilePreset::NoiseAdaptive`], its approximation by fraction). When
+    /// [`ScheduleConfig::active_noise_profile`] is `Some`, that profile is the one in force and
+    /// generation ignores this one.
     pub fn profile(&self) -> PrecisionProfile {
         self.custom_profile
             .clone()
             .unwrap_or_else(|| self.preset.build())
+    }
+
+    /// The noise-level profile in force, if any: `custom_noise_profile`, else the
+    /// [`ProfilePreset::NoiseAdaptive`] preset's ([`NoiseProfile::noise_adaptive`]) when no
+    /// custom fraction profile replaces it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use haagenti_adaptive_schedule::{ProfilePreset, ScheduleConfig};
+    ///
+    /// assert!(ScheduleConfig::with_preset(ProfilePreset::NoiseAdaptive).active_noise_profile().is_some());
+    /// assert!(ScheduleConfig::with_preset(ProfilePreset::Balanced).active_noise_profile().is_none());
+    /// ```
+    pub fn active_noise_profile(&self) -> Option<NoiseProfile> {
+        if let Some(p) = &self.custom_noise_profile {
+            return Some(p.clone());
+        }
+        if self.custom_profile.is_none() {
+            return self.preset.noise_profile();
+        }
+        None
+    }
+
+    /// The noise schedule generation uses: `noise`, or, when the
+    /// [`ProfilePreset::NoiseAdaptive`] preset is in force without one, EDM's Karras schedule
+    /// ([`NoiseSchedule::default`]: sigma_min 0.002, sigma_max 80, rho 7). `None` when neither
+    /// applies (a fraction profile and no noise schedule) or when a custom noise profile lacks
+    /// its schedule (which [`ScheduleConfig::validate`] rejects).
+    pub fn effective_noise(&self) -> Option<NoiseSchedule> {
+        if self.noise.is_some() {
+            return self.noise.clone();
+        }
+        if self.custom_noise_profile.is_none() && self.active_noise_profile().is_some() {
+            return Some(NoiseSchedule::default());
+        }
+        None
     }
 
     /// Checks the configuration.
@@ -125,7 +200,9 @@ impl ScheduleConfig {
     ///
     /// [`AdaptiveError::ScheduleError`] for zero steps or more than [`MAX_STEPS`], a `min_quality`
     /// that is NaN or outside `[0, 1]`, capabilities that support nothing, or a gradual strategy
-    /// of zero steps; [`AdaptiveError::ProfileError`] for an invalid custom profile.
+    /// of zero steps, an invalid noise schedule, both a fraction and a noise custom profile, or a
+    /// custom noise profile without a noise schedule; [`AdaptiveError::ProfileError`] for an
+    /// invalid custom profile (fraction or noise).
     pub fn validate(&self) -> Result<()> {
         let err = |msg: String| Err(AdaptiveError::ScheduleError(msg));
         if self.total_steps == 0 {
@@ -152,6 +229,26 @@ impl ScheduleConfig {
         if let Some(profile) = &self.custom_profile {
             profile.validate()?;
         }
+        if let Some(noise) = &self.noise {
+            noise.validate()?;
+        }
+        if let Some(profile) = &self.custom_noise_profile {
+            if self.custom_profile.is_some() {
+                return err(
+                    "both custom_profile (by fraction) and custom_noise_profile (by noise level) \
+                     are set: give one"
+                        .into(),
+                );
+            }
+            profile.validate()?;
+            if self.noise.is_none() {
+                return err(format!(
+                    "the noise-based profile {:?} needs a noise schedule: set noise (for \
+                     example karras:sigma_min=0.002,sigma_max=80,rho=7)",
+                    profile.name
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -163,6 +260,8 @@ struct ConfigData {
     total_steps: u32,
     preset: ProfilePreset,
     custom_profile: Option<PrecisionProfile>,
+    custom_noise_profile: Option<NoiseProfile>,
+    noise: Option<NoiseSchedule>,
     capabilities: PrecisionCapabilities,
     min_quality: f32,
     transition_strategy: TransitionStrategy,
@@ -176,6 +275,8 @@ impl Default for ConfigData {
             total_steps: d.total_steps,
             preset: d.preset,
             custom_profile: d.custom_profile,
+            custom_noise_profile: d.custom_noise_profile,
+            noise: d.noise,
             capabilities: d.capabilities,
             min_quality: d.min_quality,
             transition_strategy: d.transition_strategy,
@@ -192,6 +293,8 @@ impl TryFrom<ConfigData> for ScheduleConfig {
             total_steps: d.total_steps,
             preset: d.preset,
             custom_profile: d.custom_profile,
+            custom_noise_profile: d.custom_noise_profile,
+            noise: d.noise,
             capabilities: d.capabilities,
             min_quality: d.min_quality,
             transition_strategy: d.transition_strategy,

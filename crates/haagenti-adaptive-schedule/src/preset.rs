@@ -7,6 +7,7 @@ use haagenti_adaptive_core::Precision;
 use serde::{Deserialize, Serialize};
 
 use crate::PrecisionProfile;
+use crate::noise::NoiseProfile;
 
 /// Ready-made precision profiles, named in kebab-case (`balanced`, `low-vram`, …) in text and JSON.
 ///
@@ -21,7 +22,14 @@ use crate::PrecisionProfile;
 /// | `quality` | INT8 `[0, 0.1)`, FP16 `[0.1, 0.9)`, FP32 `[0.9, 1)` |
 /// | `low-vram` | INT4 `[0, 0.4)`, INT8 `[0.4, 1)` |
 /// | `conservative` | INT8 `[0, 0.3)`, FP16 `[0.3, 1)` |
-/// | `noise-adaptive` | INT4 `[0, 0.3)`, INT8 `[0.3, 0.7)`, FP16 `[0.7, 1)` |
+/// | `noise-adaptive` | by noise level: INT4 while sigma > 10, INT8 while sigma > 1, FP16 below |
+///
+/// `noise-adaptive` is a noise-level profile ([`ProfilePreset::noise_profile`],
+/// [`NoiseProfile::noise_adaptive`], where its thresholds are reasoned): generation looks each
+/// step up at the sigma where it evaluates the denoiser. Without a noise schedule in the
+/// configuration it uses EDM's Karras schedule (sigma 0.002 to 80, rho 7) and records it in the
+/// schedule's `config.noise`. Its [`ProfilePreset::build`] keeps a fraction approximation
+/// (INT4 `[0, 0.3)`, INT8 `[0.3, 0.7)`, FP16 `[0.7, 1)`) for code that needs a fraction profile.
 ///
 /// # Examples
 ///
@@ -50,8 +58,8 @@ pub enum ProfilePreset {
     LowVram,
     /// INT8 then FP16, never INT4.
     Conservative,
-    /// INT4 / INT8 / FP16 by an approximation of the noise level by the run's fraction (a
-    /// noise-level profile replaces it when the sampler's sigmas are known).
+    /// INT4 / INT8 / FP16 by the sampler's noise level: INT4 while sigma > 10, INT8 while
+    /// sigma > 1, FP16 below ([`NoiseProfile::noise_adaptive`]).
     NoiseAdaptive,
 }
 
@@ -95,12 +103,37 @@ impl ProfilePreset {
             ProfilePreset::LowVram => "least memory: INT4 for the first 40 %, INT8 after",
             ProfilePreset::Conservative => "no INT4: INT8 for the first 30 %, FP16 after",
             ProfilePreset::NoiseAdaptive => {
-                "noise-level zones approximated by fraction: INT4 to 30 %, INT8 to 70 %, FP16 after"
+                "by noise level: INT4 while sigma > 10, INT8 while sigma > 1, FP16 below"
             }
         }
     }
 
-    /// The preset's profile (always valid).
+    /// The preset's noise-level profile: `Some` for [`ProfilePreset::NoiseAdaptive`]
+    /// ([`NoiseProfile::noise_adaptive`]), `None` for the fraction presets.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use haagenti_adaptive_core::Precision;
+    /// use haagenti_adaptive_schedule::ProfilePreset;
+    /// use haagenti_adaptive_schedule::noise::NoiseKind;
+    ///
+    /// let p = ProfilePreset::NoiseAdaptive.noise_profile().unwrap();
+    /// assert_eq!(p.precision_at_sigma(NoiseKind::Sigma, 20.0)?, Precision::INT4);
+    /// assert_eq!(p.precision_at_sigma(NoiseKind::Sigma, 0.5)?, Precision::FP16);
+    /// assert!(ProfilePreset::Balanced.noise_profile().is_none());
+    /// # Ok::<(), haagenti_adaptive_core::AdaptiveError>(())
+    /// ```
+    pub fn noise_profile(self) -> Option<NoiseProfile> {
+        match self {
+            ProfilePreset::NoiseAdaptive => Some(NoiseProfile::noise_adaptive()),
+            _ => None,
+        }
+    }
+
+    /// The preset's profile by fraction of the run (always valid). For
+    /// [`ProfilePreset::NoiseAdaptive`] this is its approximation by fraction; generation uses
+    /// [`ProfilePreset::noise_profile`] instead.
     pub fn build(self) -> PrecisionProfile {
         use Precision::{FP16, FP32, INT4, INT8};
         const NOISY: &str = "noise dominates the latent; rounding error is masked";

@@ -6,6 +6,7 @@ use haagenti_adaptive_core::{AdaptiveError, Precision, Result, TransitionStrateg
 use serde::{Deserialize, Serialize};
 
 use crate::ScheduleConfig;
+use crate::solver::{self, ErrorBound, ErrorTable, SolveOptions};
 
 /// Where a schedule's speed and quality estimates come from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -16,6 +17,11 @@ pub enum EstimateSource {
     /// heuristics, not measurements.
     #[default]
     SeedConstants,
+    /// Measured per-precision costs and per-step errors (an [`ErrorTable`] held in
+    /// [`PrecisionSchedule::measurements`]): the speedup is total FP32 cost over total scheduled
+    /// cost, and each step carries its measured error. Memory still counts bits; the quality
+    /// factors remain the seed's constants.
+    Measured,
 }
 
 /// The precision of one step, and what it is estimated to cost.
@@ -46,6 +52,11 @@ pub struct StepPrecision {
     /// `None` for fraction profiles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sigma: Option<f64>,
+    /// The step's measured error when the schedule carries measurements (the table's error of
+    /// `precision` at this step; while blending, `(1 - f) e[from] + f e[precision]`, a bound on
+    /// the blend's error for norm-like errors); `None` otherwise. Recomputed, never trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<f64>,
 }
 
 /// The precision of every step of one generation, with its estimated cost.
@@ -61,7 +72,12 @@ pub struct StepPrecision {
 ///   blends holds two copies. `peak_vram_ratio` is its maximum, which is what must fit.
 /// * `avg_quality_factor` is the mean of the per-step quality factors.
 ///
-/// The factors are the seed's constants (`estimate_source`), not measurements.
+/// With seed constants (`estimate_source` [`EstimateSource::SeedConstants`]) the factors are
+/// heuristics. A schedule built from measurements ([`PrecisionSchedule::from_measurements`],
+/// [`PrecisionSchedule::solve`]; [`EstimateSource::Measured`]) instead takes each step's time
+/// from the measured per-precision costs: `estimated_speedup` is `n c[FP32]` over the sum of the
+/// steps' costs, `predicted_cost` that sum (seconds, if the costs are seconds a step) and
+/// `predicted_error` the sum of the steps' measured errors.
 ///
 /// # Examples
 ///
@@ -99,54 +115,77 @@ pub struct PrecisionSchedule {
     /// Where the estimates come from.
     #[serde(default)]
     pub estimate_source: EstimateSource,
+    /// The measured errors and costs the estimates come from, when `estimate_source` is
+    /// [`EstimateSource::Measured`]; one table row a step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measurements: Option<ErrorTable>,
+    /// With measurements: the predicted cost of the run, the sum of the steps' costs (blending
+    /// steps count both precisions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_cost: Option<f64>,
+    /// With measurements: the predicted total error, the sum of the steps' measured errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_error: Option<f64>,
 }
 
 impl PrecisionSchedule {
     /// Generates the schedule `config` describes.
     ///
-    /// Step `i` of `n` asks for the profile's precision at fraction `i / n` (computed in `f32`, the
-    /// type of the zone boundaries), which becomes the cheapest supported precision at or above
-    /// it. Each change of precision is then blended as `config.transition_strategy` says (see
-    /// [`PrecisionSchedule::from_precisions`]).
+    /// With a fraction profile, step `i` of `n` asks for the profile's precision at fraction
+    /// `i / n` (computed in `f32`, the type of the zone boundaries). With a noise-level profile
+    /// ([`ScheduleConfig::active_noise_profile`]), step `i` asks for the profile's precision at
+    /// `sigmas(n)[i]` of [`ScheduleConfig::effective_noise`] (the `NoiseAdaptive` preset without a
+    /// noise schedule uses EDM's Karras default, which the schedule's `config.noise` then
+    /// records). The asked precision becomes the cheapest supported precision at or above it.
+    /// Each change of precision is then blended as `config.transition_strategy` says (see
+    /// [`PrecisionSchedule::from_precisions`]). When a noise schedule is in force, every step
+    /// records its sigma.
     ///
     /// # Errors
     ///
     /// * [`AdaptiveError::ScheduleError`] or [`AdaptiveError::ProfileError`] from
-    ///   [`ScheduleConfig::validate`];
+    ///   [`ScheduleConfig::validate`], or from the noise schedule's
+    ///   [`sigmas`](crate::noise::NoiseSchedule::sigmas) (for example more than
+    ///   [`crate::noise::MAX_STEPS`] steps, or a family that cannot give `n` distinct levels);
     /// * [`AdaptiveError::UnsupportedPrecision`] under `strict_capabilities` when a zone asks for a
     ///   precision with nothing supported at or above it;
     /// * [`AdaptiveError::QualityConstraint`] when the average quality is below `min_quality`.
-    pub fn generate(config: ScheduleConfig) -> Result<Self> {
+    pub fn generate(mut config: ScheduleConfig) -> Result<Self> {
         config.validate()?;
-        let profile = config.profile();
-        let mut resolved = Vec::with_capacity(profile.zones.len());
-        for zone in &profile.zones {
-            let p = if config.strict_capabilities {
-                config.capabilities.require_at_or_above(zone.precision)?
+        let noise = config.effective_noise();
+        let sigmas = match &noise {
+            Some(schedule) => Some(schedule.sigmas(config.total_steps as usize)?),
+            None => None,
+        };
+        config.noise = noise;
+        let resolve = |asked: Precision| {
+            if config.strict_capabilities {
+                config.capabilities.require_at_or_above(asked)
             } else {
-                config.capabilities.best_supported(zone.precision)
-            };
-            resolved.push(p);
-        }
-        let n = config.total_steps;
-        let mut precisions = Vec::with_capacity(n as usize);
-        let mut zone = 0;
-        for i in 0..n {
-            let fraction = i as f32 / n as f32;
-            // Fractions rise with i, so the zone index only moves forward.
-            while zone < profile.zones.len() && !profile.zones[zone].contains(fraction) {
-                zone += 1;
+                Ok(config.capabilities.best_supported(asked))
             }
-            let Some(&p) = resolved.get(zone) else {
-                return Err(AdaptiveError::ProfileError(format!(
-                    "no zone of profile {:?} holds fraction {fraction}",
-                    profile.name
-                )));
-            };
-            precisions.push(p);
+        };
+        let (name, precisions) = match (config.active_noise_profile(), &config.noise, &sigmas) {
+            (Some(profile), Some(schedule), Some(levels)) => {
+                let kind = schedule.kind();
+                let mut precisions = Vec::with_capacity(config.total_steps as usize);
+                for &level in &levels[..config.total_steps as usize] {
+                    precisions.push(resolve(profile.precision_at_sigma(kind, level)?)?);
+                }
+                (profile.name, precisions)
+            }
+            _ => {
+                let profile = config.profile();
+                let precisions = fraction_precisions(&profile, config.total_steps, resolve)?;
+                (profile.name, precisions)
+            }
+        };
+        let mut schedule = PrecisionSchedule::from_precisions(config, name, &precisions)?;
+        if let Some(levels) = sigmas {
+            for (step, sigma) in schedule.steps.iter_mut().zip(levels) {
+                step.sigma = Some(sigma);
+            }
         }
-        let name = profile.name.clone();
-        let schedule = PrecisionSchedule::from_precisions(config, name, &precisions)?;
         if schedule.avg_quality_factor < schedule.config.min_quality {
             return Err(AdaptiveError::QualityConstraint {
                 actual: schedule.avg_quality_factor,
@@ -154,6 +193,124 @@ impl PrecisionSchedule {
             });
         }
         Ok(schedule)
+    }
+
+    /// Builds a schedule from one precision a step and the measured errors and costs `table`
+    /// (one row a step), blending changes as `config.transition_strategy` says. The schedule's
+    /// `estimate_source` is [`EstimateSource::Measured`]: `estimated_speedup` is `n c[FP32]`
+    /// over the sum of the steps' measured costs, `predicted_cost` that sum, `predicted_error`
+    /// the sum of the steps' measured errors (see [`StepPrecision::error`]). Steps carry the
+    /// table's sigmas if it has them, else those of `config.noise` if set.
+    /// `config.min_quality` and capabilities are not checked here.
+    ///
+    /// # Errors
+    ///
+    /// [`AdaptiveError::ScheduleError`] if the table is invalid, has no FP32 column (the
+    /// speedup's baseline) or a zero FP32 cost, has a different number of steps, lacks a
+    /// precision the schedule uses, or gives a step zero cost; or as
+    /// [`PrecisionSchedule::from_precisions`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use haagenti_adaptive_core::Precision::{FP16, FP32, INT8};
+    /// use haagenti_adaptive_schedule::{EstimateSource, PrecisionSchedule, ScheduleConfig};
+    /// use haagenti_adaptive_schedule::solver::ErrorTable;
+    ///
+    /// // Seconds a step: INT8 0.5, FP16 1, FP32 2.
+    /// let table = ErrorTable::new(
+    ///     vec![INT8, FP16, FP32],
+    ///     None,
+    ///     vec![vec![0.1, 0.01, 0.0], vec![0.3, 0.02, 0.0]],
+    ///     vec![0.5, 1.0, 2.0],
+    /// )?;
+    /// let s = PrecisionSchedule::from_measurements(ScheduleConfig::default(), "mine", &[INT8, FP16], table)?;
+    /// assert_eq!(s.estimate_source, EstimateSource::Measured);
+    /// assert_eq!(s.predicted_cost, Some(1.5));
+    /// assert_eq!(s.predicted_error, Some(0.1 + 0.02));
+    /// assert!((s.estimated_speedup - 4.0 / 1.5).abs() < 1e-6);
+    /// # Ok::<(), haagenti_adaptive_core::AdaptiveError>(())
+    /// ```
+    pub fn from_measurements(
+        config: ScheduleConfig,
+        profile_name: impl Into<String>,
+        precisions: &[Precision],
+        table: ErrorTable,
+    ) -> Result<Self> {
+        table.validate()?;
+        if table.steps() != precisions.len() {
+            return Err(AdaptiveError::ScheduleError(format!(
+                "the error table has {} steps for a schedule of {}",
+                table.steps(),
+                precisions.len()
+            )));
+        }
+        let mut schedule = PrecisionSchedule::from_precisions(config, profile_name, precisions)?;
+        let sigmas = match (&table.sigmas, &schedule.config.noise) {
+            (Some(s), _) => Some(s.clone()),
+            (None, Some(noise)) => Some(noise.sigmas(precisions.len())?),
+            (None, None) => None,
+        };
+        if let Some(levels) = sigmas {
+            for (step, sigma) in schedule.steps.iter_mut().zip(levels) {
+                step.sigma = Some(sigma);
+            }
+        }
+        schedule.measurements = Some(table);
+        schedule.recompute()?;
+        Ok(schedule)
+    }
+
+    /// Runs the error-budget solver ([`solver::solve`]) on `table` and builds the schedule of
+    /// its cheapest assignment with [`PrecisionSchedule::from_measurements`]. The profile name
+    /// says which bound was met (`solved: total error <= B` or `solved: step error <= tau`).
+    ///
+    /// `options` decides the candidate precisions (pass
+    /// [`SolveOptions::for_capabilities`]`(&config.capabilities)` to honour the device), the
+    /// minimum gap between transitions and the most resident precisions.
+    ///
+    /// # Errors
+    ///
+    /// As [`solver::solve`] (including no assignment meeting the bound) and
+    /// [`PrecisionSchedule::from_measurements`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use haagenti_adaptive_core::Precision::{FP32, INT8};
+    /// use haagenti_adaptive_schedule::{PrecisionSchedule, ScheduleConfig};
+    /// use haagenti_adaptive_schedule::solver::{ErrorBound, ErrorTable, SolveOptions};
+    ///
+    /// let table = ErrorTable::new(
+    ///     vec![INT8, FP32],
+    ///     None,
+    ///     vec![vec![0.1, 0.0], vec![0.1, 0.0], vec![0.5, 0.0]],
+    ///     vec![1.0, 4.0],
+    /// )?;
+    /// let s = PrecisionSchedule::solve(
+    ///     ScheduleConfig::default(),
+    ///     table,
+    ///     &SolveOptions::default(),
+    ///     &ErrorBound::Total(0.25),
+    /// )?;
+    /// assert_eq!(s.steps.iter().map(|st| st.precision).collect::<Vec<_>>(), vec![INT8, INT8, FP32]);
+    /// assert_eq!(s.predicted_cost, Some(6.0));
+    /// assert!((s.estimated_speedup - 2.0).abs() < 1e-6);
+    /// # Ok::<(), haagenti_adaptive_core::AdaptiveError>(())
+    /// ```
+    pub fn solve(
+        config: ScheduleConfig,
+        table: ErrorTable,
+        options: &SolveOptions,
+        bound: &ErrorBound,
+    ) -> Result<Self> {
+        let assignment = solver::solve(&table, options, bound)?;
+        let name = match bound {
+            ErrorBound::Total(b) => format!("solved: total error <= {b}"),
+            ErrorBound::MaxPerStep(t) => format!("solved: step error <= {t}"),
+            ErrorBound::PerStep(_) => "solved: per-step bounds".to_owned(),
+        };
+        PrecisionSchedule::from_measurements(config, name, &assignment.precisions, table)
     }
 
     /// Builds a schedule from one precision a step, blending each change as
@@ -212,6 +369,7 @@ impl PrecisionSchedule {
                 quality_factor: 0.0,
                 speedup_factor: 0.0,
                 sigma: None,
+                error: None,
             })
             .collect();
         let mut schedule = PrecisionSchedule {
@@ -224,6 +382,9 @@ impl PrecisionSchedule {
             avg_quality_factor: 0.0,
             estimated_speedup: 0.0,
             estimate_source: EstimateSource::SeedConstants,
+            measurements: None,
+            predicted_cost: None,
+            predicted_error: None,
         };
         schedule.recompute()?;
         Ok(schedule)
@@ -231,25 +392,43 @@ impl PrecisionSchedule {
 
     /// Recomputes everything derived from each step's `precision` and `blend_factor`: the
     /// `step` indices, `is_transition` marks, the `transitions` list, the per-step estimates and
-    /// the averages. Call it after changing steps by hand (the transition planner does).
+    /// the averages, and with measurements each step's error, the predicted cost and error and
+    /// `estimate_source` ([`EstimateSource::Measured`] exactly when `measurements` is set). Call
+    /// it after changing steps by hand (the transition planner does).
     ///
     /// # Errors
     ///
-    /// [`AdaptiveError::ScheduleError`] when there are no steps, or a blend factor is not a
+    /// [`AdaptiveError::ScheduleError`] when there are no steps, a blend factor is not a
     /// number in `[0, 1]` or sits in the first run (which has no previous precision to blend
-    /// from).
+    /// from), a sigma is NaN, infinite or negative, or the measurements do not fit (see
+    /// [`PrecisionSchedule::from_measurements`]).
     pub fn recompute(&mut self) -> Result<()> {
         if self.steps.is_empty() {
             return Err(AdaptiveError::ScheduleError(
                 "a schedule needs at least 1 step".into(),
             ));
         }
+        if let Some((i, s)) = self
+            .steps
+            .iter()
+            .enumerate()
+            .find_map(|(i, st)| st.sigma.filter(|s| !(s.is_finite() && *s >= 0.0)).map(|s| (i, s)))
+        {
+            return Err(AdaptiveError::ScheduleError(format!(
+                "step {i} has sigma {s}, not a finite non-negative noise level"
+            )));
+        }
+        let measured = match &self.measurements {
+            Some(table) => Some(Measured::new(table, self.steps.len())?),
+            None => None,
+        };
         self.config.total_steps = self.steps.len() as u32;
         self.transitions.clear();
         let mut previous: Option<Precision> = None; // the precision of the run before this one
         let mut vram_sum = 0.0f64;
         let mut quality_sum = 0.0f64;
         let mut time_sum = 0.0f64;
+        let mut error_sum = 0.0f64;
         let mut peak = 0.0f32;
         for i in 0..self.steps.len() {
             let before = if i == 0 {
@@ -265,9 +444,25 @@ impl PrecisionSchedule {
                 previous = before;
                 self.transitions.push((i as u32, previous.unwrap_or(p), p));
             }
-            let time_of = |q: Precision| 1.0 / q.speedup_factor();
-            let (vram, quality, time) = match step.blend_factor {
-                None => (p.effective_vram_ratio(), p.quality_factor(), time_of(p)),
+            let time_of = |q: Precision| -> Result<f64> {
+                match &measured {
+                    Some(m) => m.cost(q, i),
+                    None => Ok(f64::from(1.0 / q.speedup_factor())),
+                }
+            };
+            let error_of = |q: Precision| -> Result<Option<f64>> {
+                match &measured {
+                    Some(m) => m.error(q, i).map(Some),
+                    None => Ok(None),
+                }
+            };
+            let (vram, quality, time, error) = match step.blend_factor {
+                None => (
+                    p.effective_vram_ratio(),
+                    p.quality_factor(),
+                    time_of(p)?,
+                    error_of(p)?,
+                ),
                 Some(f) => {
                     if !(f.is_finite() && (0.0..=1.0).contains(&f)) {
                         return Err(AdaptiveError::ScheduleError(format!(
@@ -279,26 +474,48 @@ impl PrecisionSchedule {
                             "step {i} blends but no earlier precision precedes it"
                         )));
                     };
+                    let f64f = f64::from(f);
+                    let error = match (error_of(from)?, error_of(p)?) {
+                        (Some(a), Some(b)) => Some((1.0 - f64f) * a + f64f * b),
+                        _ => None,
+                    };
                     (
                         from.effective_vram_ratio() + p.effective_vram_ratio(),
                         (1.0 - f) * from.quality_factor() + f * p.quality_factor(),
-                        time_of(from) + time_of(p),
+                        time_of(from)? + time_of(p)?,
+                        error,
                     )
                 }
             };
+            let baseline = measured.as_ref().map_or(1.0, |m| m.fp32_cost);
             step.vram_ratio = vram;
             step.quality_factor = quality;
-            step.speedup_factor = 1.0 / time;
+            step.speedup_factor = (baseline / time) as f32;
+            step.error = error;
             peak = peak.max(vram);
             vram_sum += f64::from(vram);
             quality_sum += f64::from(quality);
-            time_sum += f64::from(time);
+            time_sum += time;
+            error_sum += error.unwrap_or(0.0);
         }
         let n = self.steps.len() as f64;
         self.avg_vram_ratio = (vram_sum / n) as f32;
         self.peak_vram_ratio = peak;
         self.avg_quality_factor = (quality_sum / n) as f32;
-        self.estimated_speedup = (n / time_sum) as f32;
+        match &measured {
+            Some(m) => {
+                self.estimated_speedup = (n * m.fp32_cost / time_sum) as f32;
+                self.predicted_cost = Some(time_sum);
+                self.predicted_error = Some(error_sum);
+                self.estimate_source = EstimateSource::Measured;
+            }
+            None => {
+                self.estimated_speedup = (n / time_sum) as f32;
+                self.predicted_cost = None;
+                self.predicted_error = None;
+                self.estimate_source = EstimateSource::SeedConstants;
+            }
+        }
         Ok(())
     }
 
@@ -360,10 +577,22 @@ impl PrecisionSchedule {
     /// longer runs; `4` INT4, `8` INT8, `b` BF16, `h` FP16, `F` FP32), then each run of one
     /// precision as `PRECISION first-last`.
     ///
+    /// When the steps carry sigmas a second line follows, `sigma: ` and the sigma (4 significant
+    /// digits) at the first step of each run and at the last step, as `value@step`.
+    ///
     /// ```
-    /// # use haagenti_adaptive_schedule::{quick_schedule, ProfilePreset};
+    /// # use haagenti_adaptive_schedule::{quick_schedule, ProfilePreset, PrecisionSchedule, ScheduleConfig};
     /// let s = quick_schedule(ProfilePreset::Balanced, 8)?;
     /// assert_eq!(s.format_timeline(), "[4488hhhh] INT4 0-1 | INT8 2-3 | FP16 4-7");
+    ///
+    /// let noisy = PrecisionSchedule::generate(
+    ///     ScheduleConfig::with_preset(ProfilePreset::NoiseAdaptive).steps(8).min_quality(0.0),
+    /// )?;
+    /// // Karras sigmas 80, 35.0, 13.7, 4.64, 1.29, 0.267, 0.0352, 0.002: INT4 above 10, INT8 above 1.
+    /// assert_eq!(
+    ///     noisy.format_timeline(),
+    ///     "[44488hhh] INT4 0-2 | INT8 3-4 | FP16 5-7\nsigma: 80@0 | 4.637@3 | 0.2675@5 | 0.002@7"
+    /// );
     /// # Ok::<(), haagenti_adaptive_core::AdaptiveError>(())
     /// ```
     pub fn format_timeline(&self) -> String {
@@ -399,8 +628,129 @@ impl PrecisionSchedule {
                 start = i;
             }
         }
+        if self.steps.iter().any(|st| st.sigma.is_some()) {
+            out.push_str("\nsigma:");
+            let mut points: Vec<usize> = std::iter::once(0)
+                .chain(self.transitions.iter().map(|t| t.0 as usize))
+                .collect();
+            if points.last() != Some(&(n - 1)) {
+                points.push(n - 1);
+            }
+            for (k, &i) in points.iter().enumerate() {
+                let sep = if k == 0 { " " } else { " | " };
+                let value = self.steps[i]
+                    .sigma
+                    .map_or_else(|| "-".to_owned(), significant);
+                let _ = write!(out, "{sep}{value}@{i}");
+            }
+        }
         out
     }
+}
+
+/// `x` with 4 significant digits, without trailing zeros (`80`, `7.519`, `0.002`).
+fn significant(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return format!("{x}");
+    }
+    let magnitude = x.abs().log10().floor() as i32;
+    if !(-4..6).contains(&magnitude) {
+        return format!("{x:.3e}");
+    }
+    let decimals = (3 - magnitude).max(0) as usize;
+    let text = format!("{x:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        text
+    }
+}
+
+/// A schedule's measurements, checked against its steps.
+struct Measured<'a> {
+    table: &'a ErrorTable,
+    fp32_cost: f64,
+}
+
+impl<'a> Measured<'a> {
+    fn new(table: &'a ErrorTable, steps: usize) -> Result<Self> {
+        table.validate()?;
+        if table.steps() != steps {
+            return Err(AdaptiveError::ScheduleError(format!(
+                "the error table has {} steps for a schedule of {steps}",
+                table.steps()
+            )));
+        }
+        let Some(j) = table.precisions.iter().position(|&p| p == Precision::FP32) else {
+            return Err(AdaptiveError::ScheduleError(
+                "the error table has no FP32 column: the speedup over FP32 needs its cost".into(),
+            ));
+        };
+        let fp32_cost = table.costs[j];
+        if fp32_cost <= 0.0 {
+            return Err(AdaptiveError::ScheduleError(
+                "the error table's FP32 cost is 0: the speedup over FP32 needs a positive cost"
+                    .into(),
+            ));
+        }
+        Ok(Measured { table, fp32_cost })
+    }
+
+    fn column(&self, p: Precision, step: usize) -> Result<usize> {
+        self.table
+            .precisions
+            .iter()
+            .position(|&q| q == p)
+            .ok_or_else(|| {
+                AdaptiveError::ScheduleError(format!(
+                    "step {step} runs {p}, which the error table does not measure"
+                ))
+            })
+    }
+
+    fn cost(&self, p: Precision, step: usize) -> Result<f64> {
+        let c = self.table.costs[self.column(p, step)?];
+        if c <= 0.0 {
+            return Err(AdaptiveError::ScheduleError(format!(
+                "step {step} runs {p}, whose measured cost is 0"
+            )));
+        }
+        Ok(c)
+    }
+
+    fn error(&self, p: Precision, step: usize) -> Result<f64> {
+        Ok(self.table.errors[step][self.column(p, step)?])
+    }
+}
+
+/// Step `i` of `n` asks for `profile`'s precision at fraction `i / n` (in `f32`), resolved
+/// against the device by `resolve`.
+fn fraction_precisions(
+    profile: &crate::PrecisionProfile,
+    n: u32,
+    resolve: impl Fn(Precision) -> Result<Precision>,
+) -> Result<Vec<Precision>> {
+    let mut resolved = Vec::with_capacity(profile.zones.len());
+    for zone in &profile.zones {
+        resolved.push(resolve(zone.precision)?);
+    }
+    let mut precisions = Vec::with_capacity(n as usize);
+    let mut zone = 0;
+    for i in 0..n {
+        let fraction = i as f32 / n as f32;
+        // Fractions rise with i, so the zone index only moves forward.
+        while zone < profile.zones.len() && !profile.zones[zone].contains(fraction) {
+            zone += 1;
+        }
+        let Some(&p) = resolved.get(zone) else {
+            return Err(AdaptiveError::ProfileError(format!(
+                "no zone of profile {:?} holds fraction {fraction}",
+                profile.name
+            )));
+        };
+        precisions.push(p);
+    }
+    Ok(precisions)
 }
 
 /// The serialised form of a schedule, checked before it becomes a [`PrecisionSchedule`].
@@ -412,6 +762,8 @@ struct ScheduleData {
     transitions: Vec<(u32, Precision, Precision)>,
     #[serde(default)]
     estimate_source: EstimateSource,
+    #[serde(default)]
+    measurements: Option<ErrorTable>,
 }
 
 impl TryFrom<ScheduleData> for PrecisionSchedule {
@@ -438,6 +790,17 @@ impl TryFrom<ScheduleData> for PrecisionSchedule {
                 s.step
             )));
         }
+        if (d.estimate_source == EstimateSource::Measured) != d.measurements.is_some() {
+            return Err(AdaptiveError::ScheduleError(format!(
+                "estimate_source is {:?} but the schedule {} measurements",
+                d.estimate_source,
+                if d.measurements.is_some() {
+                    "carries"
+                } else {
+                    "carries no"
+                }
+            )));
+        }
         let mut schedule = PrecisionSchedule {
             config: d.config,
             profile_name: d.profile_name,
@@ -448,6 +811,9 @@ impl TryFrom<ScheduleData> for PrecisionSchedule {
             avg_quality_factor: 0.0,
             estimated_speedup: 0.0,
             estimate_source: d.estimate_source,
+            measurements: d.measurements,
+            predicted_cost: None,
+            predicted_error: None,
         };
         schedule.recompute()?;
         if schedule.transitions != d.transitions {
