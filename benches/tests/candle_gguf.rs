@@ -63,7 +63,10 @@ fn candle_reads_every_format_and_shape_bit_exactly() -> anyhow::Result<()> {
         let q = content.tensor(&mut file, name, &Device::Cpu)?;
         assert_eq!(q.dtype(), *dtype, "{name}");
         assert_eq!(q.shape().dims(), *shape, "{name}");
-        let theirs = q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+        let theirs = q
+            .dequantize(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let ours = ours.to_f32();
         assert_eq!(theirs.len(), ours.len(), "{name}");
         let differing = theirs

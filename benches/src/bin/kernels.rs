@@ -510,6 +510,13 @@ fn throughput(
             bf16_to_f32(&bc, y4);
             Ok(())
         });
+        // The memory-bandwidth bound of a pass that reads and writes n values.
+        let mut copy = vec![0f32; n];
+        push!("copy f32 (memory bound)", move || {
+            copy.copy_from_slice(x);
+            black_box(&copy);
+            Ok(())
+        });
         #[cfg(feature = "candle")]
         for (i, name) in candle::THROUGHPUT_NAMES.iter().enumerate() {
             let mut state = candle::Throughput::new(x);

@@ -84,10 +84,11 @@ pub(crate) fn text(out: &RunOutput) -> String {
         for k in &c.checks {
             let _ = writeln!(
                 s,
-                "  {:<12} {:<12} time {:.3} s  PSNR {:>6} dB  MSE {:.3e}  modes {:.0}%",
+                "  {:<12} {:<12} time {:.3} s  predicted {:.2}x  PSNR {:>6} dB  MSE {:.3e}  modes {:.0}%",
                 k.batch,
                 k.name,
                 k.seconds,
+                k.predicted_speedup,
                 db(k.psnr_db),
                 k.mse,
                 100.0 * k.mode_agreement
@@ -307,15 +308,16 @@ pub(crate) fn write(dir: &Path, out: &RunOutput) -> anyhow::Result<()> {
         );
         let _ = writeln!(
             md,
-            "| batch | schedule | time s | PSNR dB | MSE | mode agreement |\n|---|---|---:|---:|---:|---:|"
+            "| batch | schedule | time s | predicted speedup | PSNR dB | MSE | mode agreement |\n|---|---|---:|---:|---:|---:|---:|"
         );
         for k in &c.checks {
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.3} | {} | {:.3e} | {:.0}% |",
+                "| {} | {} | {:.3} | {:.2}x | {} | {:.3e} | {:.0}% |",
                 k.batch,
                 k.name,
                 k.seconds,
+                k.predicted_speedup,
                 db(k.psnr_db),
                 k.mse,
                 100.0 * k.mode_agreement

@@ -8,10 +8,13 @@ use anyhow::{Context, bail};
 use haagenti_adaptive::runtime::{
     CostTable, Denoiser, Executor, GmmConfig, GmmModel, Quality, RunPlan, RunRecord, Sampler,
     SensitivityTable, SplitMix64, gaussian_noise, measure_costs, mse, quality, sensitivity,
-    solve_budget_steps,
+    solve_budget,
 };
 use haagenti_adaptive::schedule::noise::{NoiseProfile, NoiseSchedule};
-use haagenti_adaptive::{Precision, PrecisionSchedule, ProfilePreset, ScheduleConfig};
+use haagenti_adaptive::{
+    Precision, PrecisionSchedule, ProfilePreset, ScheduleConfig, TransitionPlanner,
+    TransitionStrategy,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -48,6 +51,9 @@ pub(crate) struct RunArgs {
     /// Samples of the calibration batch (and of the held-out batch).
     #[arg(long, default_value_t = 4)]
     calibration_batch: usize,
+    /// Most distinct precisions the calibrated schedule may use (each is a resident weight copy).
+    #[arg(long, default_value_t = 2)]
+    max_resident: usize,
     /// Seed of the initial noise (calibration and held-out batches use seed+1 and seed+2).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -82,6 +88,7 @@ pub(crate) struct CheckRow {
     pub(crate) name: String,
     pub(crate) batch: String,
     pub(crate) seconds: f64,
+    pub(crate) predicted_speedup: f64,
     pub(crate) psnr_db: Option<f64>,
     pub(crate) mse: f64,
     pub(crate) mode_agreement: f64,
@@ -145,6 +152,85 @@ fn preset_precisions(preset: ProfilePreset, steps: usize) -> anyhow::Result<Vec<
     Ok(schedule.steps.iter().map(|s| s.precision).collect())
 }
 
+/// The run the transition planner makes of `precisions`: every change kept (minimum gap 1),
+/// blended with `strategy`, and the weights resident at each step those the plan says.
+fn transition_run_plan(
+    name: &str,
+    precisions: &[Precision],
+    strategy: TransitionStrategy,
+) -> anyhow::Result<RunPlan> {
+    let config = ScheduleConfig::default().strategy(strategy);
+    let schedule = PrecisionSchedule::from_precisions(config, name, precisions)?;
+    let tplan = TransitionPlanner::new(u64::MAX)
+        .with_min_gap(1)
+        .plan_schedule(&schedule)?;
+    Ok(RunPlan::from_transition_plan(name, &tplan)?)
+}
+
+/// A seed preset's run: its precisions, blended with the preset's transition strategy.
+fn preset_plan(preset: ProfilePreset, steps: usize) -> anyhow::Result<RunPlan> {
+    let strategy = ScheduleConfig::with_preset(preset).transition_strategy;
+    transition_run_plan(preset.name(), &preset_precisions(preset, steps)?, strategy)
+}
+
+/// What [`step_costs`] needs besides the model and the batch.
+struct CostArgs<'a> {
+    sigmas: &'a [f64],
+    evals: &'a [usize],
+    seed: u64,
+    quiet: bool,
+}
+
+/// Measured seconds of each step (evaluations included) at each precision of
+/// [`Precision::ALL`], on `batch` samples, from a state distributed as at that step (a mixture
+/// sample plus sigma noise): the cost of a call depends on the noise level (sparser softmax
+/// weights late in the run). Every precision must be loaded.
+fn step_costs(
+    model: &mut GmmModel,
+    a: &CostArgs<'_>,
+    batch: usize,
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    let all = Precision::ALL;
+    let config = *model.config();
+    let d = config.d;
+    let steps = a.evals.len();
+    let pb = bar(steps, &format!("costs (b={batch})"), a.quiet);
+    let mut per_step: Vec<Vec<f64>> = Vec::with_capacity(steps);
+    let mut pick = SplitMix64::new(a.seed.wrapping_add(3));
+    let comps: Vec<usize> = (0..batch)
+        .map(|_| pick.below(config.k as u64) as usize)
+        .collect();
+    for i in 0..steps {
+        let noise = gaussian_noise(batch, d, a.sigmas[i], a.seed.wrapping_add(4 + i as u64));
+        let xi: Vec<f32> = noise
+            .chunks(d)
+            .zip(&comps)
+            .flat_map(|(n, &c)| {
+                n.iter()
+                    .zip(&model.means()[c * d..(c + 1) * d])
+                    .map(|(a, b)| a + b)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let c = measure_costs(model, &xi, batch, a.sigmas[i], &all, 3)?;
+        per_step.push(c.seconds.iter().map(|s| s * a.evals[i] as f64).collect());
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(per_step)
+}
+
+/// Predicted seconds of `plan` from per-step costs (a blended step pays for both precisions).
+fn predict_with(per_step: &[Vec<f64>], plan: &RunPlan) -> f64 {
+    let col = |p: Precision| Precision::ALL.iter().position(|&q| q == p).unwrap_or(0);
+    plan.steps
+        .iter()
+        .enumerate()
+        .flat_map(|(i, m)| m.precisions().map(move |p| (i, p)))
+        .filter_map(|(i, p)| per_step.get(i).map(|r| r[col(p)]))
+        .sum()
+}
+
 fn bar(len: usize, msg: &str, quiet: bool) -> ProgressBar {
     let pb = if quiet {
         ProgressBar::hidden()
@@ -174,8 +260,8 @@ fn run_plan(
 
 pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
-    if args.steps == 0 || args.batch == 0 || args.calibration_batch == 0 {
-        bail!("--steps, --batch and --calibration-batch must be positive");
+    if args.steps == 0 || args.batch == 0 || args.calibration_batch == 0 || args.max_resident == 0 {
+        bail!("--steps, --batch, --calibration-batch and --max-resident must be positive");
     }
     let config: GmmConfig = args.model.parse().context("bad --model")?;
     let sampler: Sampler = args.sampler.parse().context("bad --sampler")?;
@@ -226,34 +312,21 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
     for p in all {
         model.load(p)?;
     }
-    let pb = bar(steps, "costs", quiet);
-    let mut per_step: Vec<Vec<f64>> = Vec::with_capacity(steps);
-    let mut pick = SplitMix64::new(args.seed.wrapping_add(3));
-    let comps: Vec<usize> = (0..args.batch)
-        .map(|_| pick.below(config.k as u64) as usize)
-        .collect();
-    for i in 0..steps {
-        let noise = gaussian_noise(
-            args.batch,
-            d,
-            sigmas[i],
-            args.seed.wrapping_add(4 + i as u64),
-        );
-        let xi: Vec<f32> = noise
-            .chunks(d)
-            .zip(&comps)
-            .flat_map(|(n, &c)| {
-                n.iter()
-                    .zip(&model.means()[c * d..(c + 1) * d])
-                    .map(|(a, b)| a + b)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        let c = measure_costs(&mut model, &xi, args.batch, sigmas[i], &all, 3)?;
-        per_step.push(c.seconds.iter().map(|s| s * evals[i] as f64).collect());
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
+    let cost_args = CostArgs {
+        sigmas: &sigmas,
+        evals: &evals,
+        seed: args.seed,
+        quiet,
+    };
+    let per_step = step_costs(&mut model, &cost_args, args.batch)?;
+    // The calibration and held-out checks run on the smaller calibration batch, whose costs
+    // differ (a precision's advantage depends on the batch): their predictions use costs
+    // measured at that batch.
+    let per_step_cal = if wanted.iter().any(|n| n == "calibrated") {
+        step_costs(&mut model, &cost_args, args.calibration_batch)?
+    } else {
+        Vec::new()
+    };
     for p in all {
         model.release(p);
     }
@@ -266,14 +339,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
         seconds: mean_costs,
         batch: args.batch,
     };
-    let col = |p: Precision| all.iter().position(|&q| q == p).unwrap_or(0);
-    let predict = |schedule: &[Precision]| -> f64 {
-        schedule
-            .iter()
-            .enumerate()
-            .map(|(i, &p)| per_step[i][col(p)])
-            .sum()
-    };
+    let predict = |plan: &RunPlan| predict_with(&per_step, plan);
 
     // Schedules other than calibrated.
     let mut plans: Vec<RunPlan> = Vec::new();
@@ -281,10 +347,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
         if let Some((_, p)) = uniform_names().iter().find(|(n, _)| n == name) {
             plans.push(RunPlan::uniform(name.clone(), *p, steps));
         } else if let Some(preset) = ProfilePreset::all().into_iter().find(|p| p.name() == name) {
-            plans.push(RunPlan::from_precisions(
-                name.clone(),
-                &preset_precisions(preset, steps)?,
-            ));
+            plans.push(preset_plan(preset, steps)?);
         }
     }
 
@@ -320,56 +383,51 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
             |_| {},
         )?;
         // The best seed preset on the calibration batch, by measured MSE.
-        let mut best: Option<(String, f64, Vec<Precision>)> = None;
+        let mut best: Option<(f64, RunPlan)> = None;
         for preset in ProfilePreset::all() {
-            let sched = preset_precisions(preset, steps)?;
-            let rec = exec.run(
-                &mut model,
-                &RunPlan::from_precisions(preset.name(), &sched),
-                &xc,
-                cb,
-                |_| {},
-            )?;
+            let plan = preset_plan(preset, steps)?;
+            let rec = exec.run(&mut model, &plan, &xc, cb, |_| {})?;
             let e = mse(&ref_c.samples, &rec.samples)?;
-            if best.as_ref().is_none_or(|b| e < b.1) {
-                best = Some((preset.name().to_owned(), e, sched));
+            if best.as_ref().is_none_or(|b| e < b.0) {
+                best = Some((e, plan));
             }
         }
-        let (best_name, best_mse, best_sched) = best.context("no presets")?;
-        // Errors from different steps add as vectors, so their RMS amplitudes add at most
-        // (triangle inequality): the solver works on sqrt(MSE) per step against sqrt(budget).
-        let rms = SensitivityTable {
-            errors: table
-                .errors
-                .iter()
-                .map(|r| r.iter().map(|e| e.sqrt()).collect())
-                .collect(),
-            ..table.clone()
-        };
+        let (best_mse, best_plan) = best.context("no presets")?;
+        let best_name = best_plan.name.clone();
+        // The schedule crate's exact solver, on RMS errors (see `solve_budget`), with at most
+        // `--max-resident` precisions resident.
         let budget = args.budget.unwrap_or(best_mse);
-        let mut rms_budget = budget.sqrt();
-        let mut sched = solve_budget_steps(&rms, &all, &per_step, rms_budget)?;
+        let mut solve_at = budget;
+        let mut solved = solve_budget(&table, &costs, solve_at, args.max_resident)?;
         // Without an explicit budget, tighten until the calibration batch meets it (at most 4 times).
         for _ in 0..4 {
             if args.budget.is_some() {
                 break;
             }
-            let rec = exec.run(
-                &mut model,
-                &RunPlan::from_precisions("calibrated", &sched),
-                &xc,
-                cb,
-                |_| {},
+            let plan = transition_run_plan(
+                "calibrated",
+                &solved.precisions,
+                TransitionStrategy::Immediate,
             )?;
+            let rec = exec.run(&mut model, &plan, &xc, cb, |_| {})?;
             if mse(&ref_c.samples, &rec.samples)? <= budget {
                 break;
             }
-            rms_budget *= 0.5;
-            sched = solve_budget_steps(&rms, &all, &per_step, rms_budget)?;
+            solve_at *= 0.25;
+            solved = solve_budget(&table, &costs, solve_at, args.max_resident)?;
         }
-        let predicted_mse = rms.predict(&sched).map_or(f64::NAN, |r| r * r);
-        plans.push(RunPlan::from_precisions("calibrated", &sched));
+        let predicted_mse = solved.total_error * solved.total_error;
+        let calibrated = transition_run_plan(
+            "calibrated",
+            &solved.precisions,
+            TransitionStrategy::Immediate,
+        )?;
+        plans.push(calibrated.clone());
 
+        let fp32_cal_pred = predict_with(
+            &per_step_cal,
+            &RunPlan::uniform("fp32", Precision::FP32, steps),
+        );
         let mut checks = Vec::new();
         for (label, xs) in [("calibration", &xc), ("held-out", &xh)] {
             let reference = exec.run(
@@ -383,23 +441,20 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
                 name: "fp32".into(),
                 batch: label.into(),
                 seconds: reference.compute_s,
+                predicted_speedup: 1.0,
                 psnr_db: None,
                 mse: 0.0,
                 mode_agreement: 1.0,
             });
-            for (name, s) in [("calibrated", &sched), (best_name.as_str(), &best_sched)] {
-                let rec = exec.run(
-                    &mut model,
-                    &RunPlan::from_precisions(name, s),
-                    xs,
-                    cb,
-                    |_| {},
-                )?;
+            for plan in [&calibrated, &best_plan] {
+                let name = plan.name.as_str();
+                let rec = exec.run(&mut model, plan, xs, cb, |_| {})?;
                 let q = quality(&model, &reference.samples, &rec.samples, cb)?;
                 checks.push(CheckRow {
                     name: name.to_owned(),
                     batch: label.into(),
                     seconds: rec.compute_s,
+                    predicted_speedup: fp32_cal_pred / predict_with(&per_step_cal, plan),
                     psnr_db: json_psnr(q.psnr_db),
                     mse: q.mse,
                     mode_agreement: q.mode_agreement,
@@ -424,7 +479,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let reference = records[0].samples.clone();
     let fp32_time = records[0].compute_s;
-    let fp32_pred = predict(&vec![Precision::FP32; steps]);
+    let fp32_pred = predict(&RunPlan::uniform("fp32", Precision::FP32, steps));
     let mut runs = Vec::new();
     for (plan, rec) in plans.iter().zip(&records) {
         let q: Quality = quality(&model, &reference, &rec.samples, args.batch)?;
@@ -434,7 +489,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
             seconds: rec.compute_s,
             load_seconds: rec.load_s,
             speedup: fp32_time / rec.compute_s,
-            predicted_speedup: fp32_pred / predict(&sched),
+            predicted_speedup: fp32_pred / predict(plan),
             peak_weight_bytes: rec.peak_resident_bytes,
             psnr_db: json_psnr(q.psnr_db),
             mode_agreement: q.mode_agreement,

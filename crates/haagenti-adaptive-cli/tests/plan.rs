@@ -176,3 +176,383 @@ fn bad_values_are_one_line_errors() {
     fails_with(&plan(&["--min-quality", "0.99"]), "below the minimum");
     fails_with(&plan(&["--model-params", "lots"]), "--model-params");
 }
+
+const TABLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/error-table.json");
+
+#[test]
+fn noise_specs_give_each_step_its_sigma() {
+    // Karras(0.002, 80, 7) at 8 steps, computed in Python:
+    // [(80**(1/7) + i/7 * (0.002**(1/7) - 80**(1/7)))**7 for i in range(8)]
+    let karras = [
+        80.0,
+        34.992_189_004_746_5,
+        13.698_574_682_939_958,
+        4.637_074_968_687_62,
+        1.286_614_269_578_920_9,
+        0.267_475_361_379_461_5,
+        0.035_186_650_990_820_92,
+        0.002,
+    ];
+    let text = stdout(&plan(&[
+        "--preset",
+        "noise-adaptive",
+        "--steps",
+        "8",
+        "--noise",
+        "karras:sigma_min=0.002,sigma_max=80,rho=7",
+        "--min-gap",
+        "1",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let steps = v["steps"].as_array().unwrap();
+    for (i, want) in karras.iter().enumerate() {
+        let got = steps[i]["sigma"].as_f64().unwrap();
+        assert!(
+            (got - want).abs() <= 1e-12 * want,
+            "step {i}: {got} vs {want}"
+        );
+    }
+    // INT4 while sigma > 10, INT8 while sigma > 1, FP16 below.
+    let p: Vec<&str> = steps
+        .iter()
+        .map(|s| s["precision"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        p,
+        [
+            "INT4", "INT4", "INT4", "INT8", "INT8", "FP16", "FP16", "FP16"
+        ]
+    );
+    assert_eq!(v["config"]["noise"]["family"], "karras");
+
+    // Without --noise, noise-adaptive records the Karras default it used.
+    let text = stdout(&plan(&["--preset", "noise-adaptive", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        v["config"]["noise"],
+        serde_json::json!({"family": "karras", "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0})
+    );
+    assert_eq!(v["steps"][0]["sigma"], 80.0);
+
+    // Flow matching: the first step is pure noise, t = 1; the table shows a sigma column and
+    // the timeline a sigma line.
+    let text = stdout(&plan(&["--noise", "flow:shift=3", "--steps", "10"]));
+    assert!(text.contains("noise schedule flow:shift=3"), "{text}");
+    let header = text.lines().nth(2).unwrap();
+    assert!(header.trim_end().ends_with("sigma"), "{header}");
+    let row0 = text.lines().nth(3).unwrap();
+    assert!(row0.trim_end().ends_with("1.00000"), "{row0}");
+    assert!(text.contains("\nsigma: 1@0 | "), "{text}");
+
+    // Without a noise schedule there is no sigma anywhere.
+    let text = stdout(&plan(&["--steps", "10", "--json"]));
+    assert!(!text.contains("sigma"));
+}
+
+#[test]
+fn malformed_noise_specs_are_one_line_errors() {
+    fails_with(&plan(&["--noise", "karras:rho=nan"]), "rho");
+    fails_with(&plan(&["--noise", "bogus"]), "unknown noise schedule");
+    fails_with(&plan(&["--noise", "sigmas:3,1,2"]), "sigma 2");
+    fails_with(&plan(&["--noise", "sigmas:3,x"]), "value 1");
+    fails_with(&plan(&["--noise", "flux:mu=1,tokens=3"]), "exactly one");
+    fails_with(
+        &plan(&["--noise", "scaled-linear:spacing=sideways"]),
+        "sideways",
+    );
+    fails_with(&plan(&["--noise", "karras:sigma_min=-1"]), "sigma_min");
+    // A family that cannot give the steps asked for.
+    fails_with(
+        &plan(&["--noise", "karras:sigma_min=1,sigma_max=1", "--steps", "5"]),
+        "strictly decreasing",
+    );
+}
+
+#[test]
+fn noise_profiles_are_read_and_need_a_noise_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("noise.json");
+    // INT8 while log-SNR < 0 (sigma > 1), FP32 after.
+    std::fs::write(
+        &path,
+        r#"{"name": "two-zone", "zones": [
+            {"end_log_snr": 0.0, "precision": "INT8"},
+            {"start_log_snr": 0.0, "precision": "FP32"}]}"#,
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    fails_with(&plan(&["--noise-profile", p]), "needs a noise schedule");
+    let text = stdout(&plan(&[
+        "--noise-profile",
+        p,
+        "--noise",
+        "karras",
+        "--steps",
+        "8",
+    ]));
+    assert!(text.contains("profile two-zone"), "{text}");
+    assert!(text.contains("INT8 0-4 | FP32 5-7"), "{text}");
+    std::fs::write(
+        &path,
+        r#"{"name": "gap", "zones": [
+            {"end_log_snr": 0.0, "precision": "INT8"},
+            {"start_log_snr": 1.0, "precision": "FP32"}]}"#,
+    )
+    .unwrap();
+    fails_with(&plan(&["--noise-profile", p, "--noise", "karras"]), "gap");
+}
+
+#[test]
+fn error_tables_are_solved_within_the_budget() {
+    // Total bound 0.1, min gap 2: INT4 0-4, INT8 5-6, FP16 7-9. Errors
+    // 0.001 + 0.002 + 0.004 + 0.01 + 0.03 + 0.01 + 0.02 + 0.001 + 0.002 + 0.004 = 0.084,
+    // cost 5 * 0.25 + 2 * 0.5 + 3 * 1 = 5.25, FP32 10 * 2 = 20: speedup 3.81.
+    let text = stdout(&plan(&["--error-table", TABLE, "--budget", "0.1"]));
+    assert!(text.contains("INT4 0-4 | INT8 5-6 | FP16 7-9"), "{text}");
+    assert!(text.contains("predicted cost 5.250000"), "{text}");
+    assert!(text.contains("predicted error 0.084000"), "{text}");
+    assert!(text.contains("total error <= 0.1"), "{text}");
+    assert!(text.contains("3.81x over FP32 (measured costs)"), "{text}");
+    assert!(
+        text.contains("\nsigma: 80@0 | 2@5 | 0.5@7 | 0.02@9"),
+        "{text}"
+    );
+
+    let json = stdout(&plan(&[
+        "--error-table",
+        TABLE,
+        "--budget",
+        "0.1",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["estimate_source"], "measured");
+    assert_eq!(v["predicted_cost"], 5.25);
+    assert!((v["predicted_error"].as_f64().unwrap() - 0.084).abs() < 1e-12);
+    assert_eq!(v["steps"].as_array().unwrap().len(), 10);
+    assert_eq!(v["steps"][5]["sigma"], 2.0);
+    assert_eq!(v["steps"][5]["error"], 0.01);
+    assert_eq!(v["plan"]["error_bound"], serde_json::json!({"total": 0.1}));
+    assert_eq!(
+        v["measurements"]["costs"],
+        serde_json::json!([0.25, 0.5, 1.0, 2.0])
+    );
+
+    // Per step, every error <= 0.02 with no gap: step 4 (INT4 0.03) moves to INT8.
+    let text = stdout(&plan(&[
+        "--error-table",
+        TABLE,
+        "--budget",
+        "0.02",
+        "--per-step",
+        "--min-gap",
+        "1",
+    ]));
+    assert!(text.contains("INT4 0-3 | INT8 4-6 | FP16 7-9"), "{text}");
+    assert!(text.contains("every step's error <= 0.02"), "{text}");
+
+    // One resident precision: the cheapest single one within 0.1 in total is FP16 (0.0085).
+    let text = stdout(&plan(&[
+        "--error-table",
+        TABLE,
+        "--budget",
+        "0.1",
+        "--max-resident",
+        "1",
+    ]));
+    assert!(text.contains("timeline: [hhhhhhhhhh] FP16 0-9"), "{text}");
+    assert!(text.contains("predicted cost 10.000000"), "{text}");
+
+    // A larger minimum gap is kept by the solver itself: no run merged by the planner.
+    let json = stdout(&plan(&[
+        "--error-table",
+        TABLE,
+        "--budget",
+        "0.1",
+        "--min-gap",
+        "4",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["plan"]["merged_zones"], 0);
+    assert!(v["predicted_error"].as_f64().unwrap() <= 0.1);
+    let p: Vec<&str> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["precision"].as_str().unwrap())
+        .collect();
+    let mut runs = vec![1usize];
+    for w in p.windows(2) {
+        if w[0] == w[1] {
+            *runs.last_mut().unwrap() += 1;
+        } else {
+            runs.push(1);
+        }
+    }
+    if runs.len() > 2 {
+        assert!(runs[1..runs.len() - 1].iter().all(|&r| r >= 4), "{p:?}");
+    }
+
+    // Legacy GPUs (no INT4/INT8) leave FP16 and FP32.
+    let text = stdout(&plan(&[
+        "--error-table",
+        TABLE,
+        "--budget",
+        "1",
+        "--capabilities",
+        "legacy-gpu",
+    ]));
+    assert!(text.contains("timeline: [hhhhhhhhhh] FP16 0-9"), "{text}");
+}
+
+#[test]
+fn malformed_tables_and_budgets_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let nan = write(
+        "nan.json",
+        r#"{"precisions": ["INT4", "FP32"], "costs": [1, 2], "errors": [[0.1, NaN]]}"#,
+    );
+    fails_with(
+        &plan(&["--error-table", &nan, "--budget", "1"]),
+        "JSON has no NaN",
+    );
+    let negative = write(
+        "neg.json",
+        r#"{"precisions": ["INT4", "FP32"], "costs": [1, 2], "errors": [[0.1, 0], [-0.5, 0]]}"#,
+    );
+    fails_with(
+        &plan(&["--error-table", &negative, "--budget", "1"]),
+        "errors[1][0] (step 1, INT4) is negative",
+    );
+    let cost = write(
+        "cost.json",
+        r#"{"precisions": ["INT4", "FP32"], "costs": [1, -2], "errors": [[0.1, 0]]}"#,
+    );
+    fails_with(
+        &plan(&["--error-table", &cost, "--budget", "1"]),
+        "costs[1] (FP32) is negative",
+    );
+    let ragged = write(
+        "ragged.json",
+        r#"{"precisions": ["INT4", "FP32"], "costs": [1, 2], "errors": [[0.1, 0], [0.2]]}"#,
+    );
+    fails_with(
+        &plan(&["--error-table", &ragged, "--budget", "1"]),
+        "errors row 1 has 1 entries for 2 precisions",
+    );
+    let sigmas = write(
+        "sigmas.json",
+        r#"{"precisions": ["INT4", "FP32"], "costs": [1, 2], "errors": [[0.1, 0], [0.2, 0]],
+            "sigmas": [1]}"#,
+    );
+    fails_with(
+        &plan(&["--error-table", &sigmas, "--budget", "1"]),
+        "sigmas has 1 entries for 2 steps",
+    );
+    let no_fp32 = write(
+        "nofp32.json",
+        r#"{"precisions": ["INT4", "FP16"], "costs": [1, 2], "errors": [[0.1, 0]]}"#,
+    );
+    fails_with(
+        &plan(&["--error-table", &no_fp32, "--budget", "1"]),
+        "no FP32 column",
+    );
+    let noisy_fp32 = write(
+        "noisy.json",
+        r#"{"precisions": ["INT8", "FP32"], "costs": [1, 2], "errors": [[0.1, 0.05], [0.2, 0.05]]}"#,
+    );
+    fails_with(
+        &plan(&["--error-table", &noisy_fp32, "--budget", "0.05"]),
+        "smallest total error reachable",
+    );
+    fails_with(
+        &plan(&[
+            "--error-table",
+            &noisy_fp32,
+            "--budget",
+            "0.01",
+            "--per-step",
+        ]),
+        "step 0: no supported precision",
+    );
+    fails_with(
+        &plan(&["--error-table", TABLE, "--budget", "-1"]),
+        "--budget",
+    );
+    fails_with(
+        &plan(&["--error-table", TABLE, "--budget", "NaN"]),
+        "--budget",
+    );
+    fails_with(
+        &plan(&["--error-table", TABLE, "--budget", "lots"]),
+        "--budget",
+    );
+    fails_with(&plan(&["--error-table", TABLE]), "needs --budget");
+    fails_with(&plan(&["--budget", "1"]), "needs --error-table");
+    fails_with(&plan(&["--per-step"]), "needs --error-table");
+    fails_with(
+        &plan(&["--error-table", TABLE, "--budget", "1", "--steps", "12"]),
+        "has 10 steps",
+    );
+    fails_with(
+        &plan(&[
+            "--error-table",
+            TABLE,
+            "--budget",
+            "1",
+            "--max-resident",
+            "0",
+        ]),
+        "--max-resident",
+    );
+    fails_with(
+        &plan(&["--error-table", "/nonexistent/table.json", "--budget", "1"]),
+        "reading error table",
+    );
+}
+
+#[test]
+fn help_documents_the_error_table_shape_and_noise_specs() {
+    let out = plan(&["--help"]);
+    let text = stdout(&out);
+    for needle in [
+        "\"precisions\"",
+        "errors[i][p]",
+        "costs[p]",
+        "sigmas",
+        "karras:sigma_min=A,sigma_max=B,rho=R",
+        "flux:tokens=T",
+        "sigmas:s0,s1,...",
+        "--per-step",
+        "--max-resident",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in --help");
+    }
+}
+
+#[test]
+fn probed_capabilities_schedule_for_this_machine() {
+    let text = stdout(&plan(&[
+        "--preset",
+        "balanced",
+        "--steps",
+        "20",
+        "--capabilities",
+        "probe",
+        "--json",
+    ]));
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // This project's kernels run every precision on any CPU, so the probed CPU keeps INT4.
+    assert_eq!(json["steps"][0]["precision"], "INT4");
+    let caps = &json["config"]["capabilities"];
+    assert_eq!(caps["native"], "FP32");
+    assert!(caps["vram_mb"].as_u64().unwrap() > 0, "{caps}");
+    fails_with(&plan(&["--capabilities", "tpu"]), "--capabilities");
+}

@@ -68,6 +68,19 @@ fn run_json_on_a_tiny_model() {
                 .as_f64()
                 .unwrap()
     );
+    // The calibrated schedule uses at most 2 precisions (the default --max-resident) and, its
+    // residency following the transition plan, never holds more weight bytes than FP32 alone.
+    let cal = runs.iter().find(|r| r["name"] == "calibrated").unwrap();
+    let mut used: Vec<&str> = cal["schedule"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    assert!(used.len() <= 2, "{used:?}");
+    assert!(cal["peak_weight_bytes"].as_u64() <= fp32["peak_weight_bytes"].as_u64());
     for f in [
         "report.md",
         "precision.svg",
@@ -86,10 +99,47 @@ fn bad_flags_fail_with_one_line() {
         vec!["run", "--sampler", "dpm"],
         vec!["run", "--schedules", "fp8", "--model", "gmm:k=16,d=64"],
         vec!["run", "--steps", "0"],
+        vec!["run", "--max-resident", "0"],
     ] {
         let out = bin().args(&args).output().unwrap();
         assert!(!out.status.success(), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
     }
+}
+
+#[test]
+fn max_resident_one_gives_a_uniform_calibrated_schedule() {
+    let out = bin()
+        .args([
+            "run",
+            "--model",
+            "gmm:k=16,d=64",
+            "--steps",
+            "6",
+            "--batch",
+            "2",
+            "--schedules",
+            "calibrated",
+            "--max-resident",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cal = v["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "calibrated")
+        .unwrap();
+    let sched = cal["schedule"].as_array().unwrap();
+    assert_eq!(sched.len(), 6);
+    assert!(sched.iter().all(|p| p == &sched[0]), "{sched:?}");
 }

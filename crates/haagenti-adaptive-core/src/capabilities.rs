@@ -81,7 +81,11 @@ impl PrecisionCapabilities {
 
     /// The cheapest supported precision at or above `precision`, if any.
     pub fn cheapest_at_or_above(&self, precision: Precision) -> Option<Precision> {
-        self.supported.iter().copied().filter(|&p| p >= precision).min()
+        self.supported
+            .iter()
+            .copied()
+            .filter(|&p| p >= precision)
+            .min()
     }
 
     /// The precision to run when `precision` is requested: the cheapest supported one at or
@@ -160,7 +164,10 @@ mod tests {
             int8_only.require_at_or_above(Precision::FP16),
             Err(AdaptiveError::UnsupportedPrecision(Precision::FP16))
         );
-        assert_eq!(int8_only.require_at_or_above(Precision::INT4), Ok(Precision::INT8));
+        assert_eq!(
+            int8_only.require_at_or_above(Precision::INT4),
+            Ok(Precision::INT8)
+        );
     }
 
     #[test]
@@ -172,14 +179,22 @@ mod tests {
         assert!(caps.fits_model(params, Precision::INT4));
         assert!(!caps.fits_model(params, Precision::INT8));
         assert_eq!(weight_mb(0, Precision::FP32), 0);
-        assert_eq!(weight_mb(u64::MAX, Precision::FP32), u64::MAX / (1 << 18) + 1);
+        assert_eq!(
+            weight_mb(u64::MAX, Precision::FP32),
+            u64::MAX / (1 << 18) + 1
+        );
     }
 
     #[test]
     fn json_round_trip() {
         let caps = PrecisionCapabilities::cpu(16384);
         let json = serde_json::to_string(&caps).unwrap();
-        assert_eq!(serde_json::from_str::<PrecisionCapabilities>(&json).unwrap(), caps);
-        assert!(serde_json::from_str::<PrecisionCapabilities>("{\"supported\":[\"INT5\"]}").is_err());
+        assert_eq!(
+            serde_json::from_str::<PrecisionCapabilities>(&json).unwrap(),
+            caps
+        );
+        assert!(
+            serde_json::from_str::<PrecisionCapabilities>("{\"supported\":[\"INT5\"]}").is_err()
+        );
     }
 }

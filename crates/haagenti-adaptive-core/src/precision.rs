@@ -31,7 +31,9 @@ use serde::{Deserialize, Serialize};
     clippy::upper_case_acronyms,
     reason = "the seed crate's spelling, kept so its users change nothing"
 )]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(into = "&'static str", try_from = "String")]
 pub enum Precision {
     /// 4-bit integers in 32-value blocks with an f16 scale (GGUF `Q4_0`).

@@ -71,7 +71,9 @@ impl TransitionStrategy {
 
 /// The error of parsing a [`TransitionStrategy`] from text.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown transition strategy {0:?} (expected immediate, gradual:N with N >= 1, or step-aware)")]
+#[error(
+    "unknown transition strategy {0:?} (expected immediate, gradual:N with N >= 1, or step-aware)"
+)]
 pub struct ParseStrategyError(pub String);
 
 impl std::str::FromStr for TransitionStrategy {

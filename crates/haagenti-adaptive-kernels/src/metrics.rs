@@ -7,8 +7,8 @@ use crate::error::{KernelError, Result};
 /// How far a reconstruction is from its reference. Sums run in f64.
 ///
 /// Exact and zero cases are defined rather than NaN:
-/// - an exact reconstruction (including two empty slices) has `mse = 0`, `max_abs = 0` and
-///   `sqnr_db = +inf`;
+/// - an exact reconstruction (including two empty slices) has `mse = 0`, `max_abs = 0`,
+///   `sqnr_db = +inf` and `cosine = 1` exactly;
 /// - a zero reference with a non-zero error has `sqnr_db = -inf`;
 /// - `cosine` of two all-zero vectors (or two empty ones) is 1, of an all-zero vector and a
 ///   non-zero one 0; otherwise it is clamped to `[-1, 1]`.
@@ -82,7 +82,8 @@ pub fn error_stats(reference: &[f32], approx: &[f32]) -> Result<ErrorStats> {
     let cosine = match (sum_rr == 0.0, sum_aa == 0.0) {
         (true, true) => 1.0,
         (true, false) | (false, true) => 0.0,
-        (false, false) => (sum_ra / (sum_rr.sqrt() * sum_aa.sqrt())).clamp(-1.0, 1.0),
+        (false, false) if sum_ee == 0.0 => 1.0,
+        (false, false) => (sum_ra / (sum_rr * sum_aa).sqrt()).clamp(-1.0, 1.0),
     };
     Ok(ErrorStats {
         mse,

@@ -23,10 +23,10 @@ fn files_in(dir: &Path) -> Vec<String> {
 }
 
 /// One tensor of every format and rank 1 to 4, and metadata of every type.
-fn sample() -> (
-    Vec<(String, Vec<usize>, QuantizedTensor)>,
-    Vec<(String, MetadataValue)>,
-) {
+/// A named tensor with its row-major shape.
+type Named = (String, Vec<usize>, QuantizedTensor);
+
+fn sample() -> (Vec<Named>, Vec<(String, MetadataValue)>) {
     let specs: [(&str, &[usize], Format); 7] = [
         ("q8", &[3, 64], Format::Q8_0),
         ("q4_0", &[2, 2, 96], Format::Q4_0),
@@ -42,7 +42,7 @@ fn sample() -> (
         .map(|(i, (name, shape, format))| {
             let cols = *shape.last().unwrap();
             let n: usize = shape.iter().product();
-            let rows = if cols == 0 { 0 } else { n / cols };
+            let rows = n.checked_div(cols).unwrap_or(0);
             let t = QuantizedTensor::quantize(*format, rows, cols, &values(n, i as u32)).unwrap();
             (name.to_string(), shape.to_vec(), t)
         })
@@ -79,7 +79,7 @@ fn sample() -> (
     (tensors, metadata)
 }
 
-fn write_sample(path: &Path) -> Vec<(String, Vec<usize>, QuantizedTensor)> {
+fn write_sample(path: &Path) -> Vec<Named> {
     let (tensors, metadata) = sample();
     let mut b = GgufBuilder::new();
     for (k, v) in &metadata {

@@ -18,7 +18,8 @@ fn finite() -> impl Strategy<Value = f32> {
 }
 
 /// Values with many exact rounding ties: half-integer multiples of a power of two, with block
-/// extremes at 127, 8 and 15 of those units so that `x * id` lands exactly on `k + 0.5`.
+/// extremes at 127, 8 and 15 of those units so that `x * id` lands exactly on `k + 0.5`, some
+/// nudged by one ulp either way.
 fn tie_block() -> impl Strategy<Value = Vec<f32>> {
     (
         -20i32..20,
@@ -26,8 +27,9 @@ fn tie_block() -> impl Strategy<Value = Vec<f32>> {
         0usize..QK,
         prop::sample::select(vec![254.0f32, -254.0, 16.0, -16.0, 30.0, -30.0]),
         any::<bool>(),
+        prop::collection::vec(0u8..4, QK),
     )
-        .prop_map(|(e, halves, at, extreme, shift)| {
+        .prop_map(|(e, halves, at, extreme, shift, nudges)| {
             let unit = 2f32.powi(e);
             let mut v: Vec<f32> = halves
                 .iter()
@@ -43,6 +45,17 @@ fn tie_block() -> impl Strategy<Value = Vec<f32>> {
                     *x = x.abs();
                 }
                 v[(at + 1) % QK] = 0.0;
+            }
+            // One ulp toward or away from zero: 0.5 - 2^-25 (0.49999997) is where adding 0.5
+            // and truncating goes wrong.
+            for (i, (x, n)) in v.iter_mut().zip(nudges).enumerate() {
+                if i != at && *x != 0.0 {
+                    match n {
+                        1 => *x = f32::from_bits(x.to_bits() - 1),
+                        2 => *x = f32::from_bits(x.to_bits() + 1),
+                        _ => {}
+                    }
+                }
             }
             v
         })

@@ -114,15 +114,6 @@ impl AdapterReport {
 /// The feature name of WGSL's packed 4x8 integer dot product.
 pub(crate) const PACKED_DOT: &str = "packed-4x8-integer-dot-product";
 
-/// `SHADER_F16` -> `shader-f16`.
-#[cfg_attr(
-    not(feature = "wgpu"),
-    allow(dead_code, reason = "used by the wgpu probe")
-)]
-pub(crate) fn kebab(flag_name: &str) -> String {
-    flag_name.to_ascii_lowercase().replace('_', "-")
-}
-
 /// What enumerating adapters found.
 #[derive(Debug, Default)]
 pub(crate) struct GpuProbe {
@@ -149,9 +140,7 @@ mod with_wgpu {
     use std::panic::{AssertUnwindSafe, catch_unwind};
     use std::path::Path;
 
-    use super::{
-        AdapterLimits, AdapterReport, DeviceType, GpuProbe, PACKED_DOT, VramSource, kebab,
-    };
+    use super::{AdapterLimits, AdapterReport, DeviceType, GpuProbe, PACKED_DOT, VramSource};
     use crate::vram::{drm_vram, match_vram};
 
     /// Every adapter of every backend this build enables (narrowed by `WGPU_BACKEND` when set).
@@ -274,6 +263,11 @@ mod with_wgpu {
             vram_mb,
             vram_source: vram_mb.map(|_| VramSource::LinuxDrmSysfs),
         }
+    }
+
+    /// `SHADER_F16` -> `shader-f16`.
+    fn kebab(flag_name: &str) -> String {
+        flag_name.to_ascii_lowercase().replace('_', "-")
     }
 
     /// The names of a set of backends, comma-separated ("vulkan, gl").

@@ -6,6 +6,8 @@ use std::time::Instant;
 use haagenti_adaptive_core::Precision;
 use serde::{Deserialize, Serialize};
 
+use haagenti_adaptive_schedule::solver::{Assignment, ErrorBound, ErrorTable, SolveOptions, solve};
+
 use crate::metrics::mse;
 use crate::{Denoiser, Executor, Result, RuntimeError};
 
@@ -196,133 +198,81 @@ where
     })
 }
 
-/// The cheapest schedule whose predicted error (sum of per-step errors) stays within `budget`.
+/// The cheapest schedule whose predicted final error stays within `budget` (an MSE against the
+/// FP32 run), using at most `max_resident` distinct precisions (each resident precision is a copy
+/// of the weights).
 ///
-/// `evals[i]` is the number of denoiser evaluations of step `i` (2 for Heun steps, else 1); the
-/// cost of step `i` at `p` is `evals[i] * costs[p]`. Exact dynamic programming over steps and a
-/// discretised budget: each error is rounded *up* to a multiple of `budget / 4000`, so the
-/// returned schedule always meets the budget, and no schedule that meets it with a margin of
-/// `steps * budget / 4000` is cheaper. Ties go to the lower error.
+/// Errors of different steps add as vectors, so their RMS amplitudes add at most (triangle
+/// inequality): the schedule crate's exact solver
+/// ([`solve`](haagenti_adaptive_schedule::solver::solve)) runs on `sqrt(MSE)` per step against
+/// [`ErrorBound::Total`]`(sqrt(budget))`. The candidates are the table's precisions and FP32 (zero
+/// error), each if `costs` measured it; a step at `p` costs `costs[p]` (every step is assumed to
+/// make the same number of evaluations). The returned [`Assignment`]'s `total_error` is the
+/// predicted RMS error bound, so its square is the predicted MSE.
 ///
 /// # Errors
 ///
-/// [`RuntimeError::Calibration`] for a budget that is negative or not finite, tables that
-/// disagree, or no schedule within the budget.
+/// [`RuntimeError::Calibration`] for a budget that is negative or not finite, or no measured
+/// cost for any table precision; [`RuntimeError::Schedule`] when the solver finds no schedule
+/// within the budget and residency limit (its message says why).
+///
+/// # Examples
+///
+/// ```
+/// use haagenti_adaptive_core::Precision::{FP32, INT4, INT8};
+/// use haagenti_adaptive_runtime::{CostTable, SensitivityTable, solve_budget};
+///
+/// let table = SensitivityTable {
+///     sigmas: vec![10.0, 1.0, 0.1],
+///     precisions: vec![INT4, INT8],
+///     errors: vec![vec![0.01, 0.0001], vec![0.04, 0.0004], vec![1.0, 0.0001]],
+///     reference: vec![],
+/// };
+/// let costs = CostTable { precisions: vec![INT4, INT8, FP32], seconds: vec![1.0, 2.0, 4.0], batch: 1 };
+/// // RMS errors 0.1 + 0.2 + 0.01 fit in sqrt(0.1) = 0.316; INT4 at the last step would not.
+/// let a = solve_budget(&table, &costs, 0.1, 2)?;
+/// assert_eq!(a.precisions, vec![INT4, INT4, INT8]);
+/// // With one resident precision, INT8 everywhere is the cheapest that fits.
+/// assert_eq!(solve_budget(&table, &costs, 0.1, 1)?.precisions, vec![INT8; 3]);
+/// # Ok::<(), haagenti_adaptive_runtime::RuntimeError>(())
+/// ```
 pub fn solve_budget(
     table: &SensitivityTable,
     costs: &CostTable,
-    evals: &[usize],
     budget: f64,
-) -> Result<Vec<Precision>> {
-    if evals.len() != table.errors.len() {
-        return Err(RuntimeError::Calibration(format!(
-            "{} evaluation counts for {} steps",
-            evals.len(),
-            table.errors.len()
-        )));
-    }
-    let step_costs: Vec<Vec<f64>> = evals
-        .iter()
-        .map(|&e| costs.seconds.iter().map(|c| c * e as f64).collect())
-        .collect();
-    solve_budget_steps(table, &costs.precisions, &step_costs, budget)
-}
-
-/// [`solve_budget`] with a cost per step and precision: `step_costs[i][j]` is the cost of step `i`
-/// at `precisions[j]` (evaluations included), for costs that depend on the noise level.
-///
-/// # Errors
-///
-/// As [`solve_budget`].
-pub fn solve_budget_steps(
-    table: &SensitivityTable,
-    precisions: &[Precision],
-    step_costs: &[Vec<f64>],
-    budget: f64,
-) -> Result<Vec<Precision>> {
-    const UNITS: usize = 4000;
+    max_resident: usize,
+) -> Result<Assignment> {
     if !(budget.is_finite() && budget >= 0.0) {
         return Err(RuntimeError::Calibration(format!(
             "budget {budget} is not finite and non-negative"
         )));
     }
-    let n = table.errors.len();
-    if step_costs.len() != n || step_costs.iter().any(|r| r.len() != precisions.len()) {
-        return Err(RuntimeError::Calibration(format!(
-            "cost table of {} steps does not match {n} steps and {} precisions",
-            step_costs.len(),
-            precisions.len()
-        )));
+    let mut precisions: Vec<Precision> = table.precisions.clone();
+    if !precisions.contains(&Precision::FP32) {
+        precisions.push(Precision::FP32);
     }
-    let choices: Vec<(usize, Precision)> = precisions
-        .iter()
-        .copied()
-        .enumerate()
-        .filter(|&(_, p)| n == 0 || table.error(0, p).is_some())
-        .collect();
-    if choices.is_empty() {
+    precisions.retain(|&p| costs.get(p).is_some());
+    if precisions.is_empty() {
         return Err(RuntimeError::Calibration(
             "no precision has both a cost and an error".into(),
         ));
     }
-    let unit = budget / UNITS as f64;
-    let weight = |e: f64| -> Option<usize> {
-        if e <= 0.0 {
-            Some(0)
-        } else if unit == 0.0 {
-            None
-        } else {
-            let w = (e / unit).ceil();
-            (w <= UNITS as f64).then_some(w as usize)
-        }
-    };
-    // best[c] = (cost, error) of the cheapest prefix using exactly c units; parents to rebuild.
-    let inf = (f64::INFINITY, f64::INFINITY);
-    let mut best = vec![inf; UNITS + 1];
-    best[0] = (0.0, 0.0);
-    let mut parent: Vec<Vec<(usize, usize)>> = Vec::with_capacity(n);
-    for (i, costs_i) in step_costs.iter().enumerate() {
-        let mut next = vec![inf; UNITS + 1];
-        let mut par = vec![(usize::MAX, usize::MAX); UNITS + 1];
-        for (ci, &(j, p)) in choices.iter().enumerate() {
-            let e = table.error(i, p).unwrap_or(f64::INFINITY);
-            let Some(w) = weight(e) else { continue };
-            let step_cost = costs_i[j];
-            for used in 0..=UNITS - w {
-                let (bc, be) = best[used];
-                if !bc.is_finite() {
-                    continue;
-                }
-                let cand = (bc + step_cost, be + e);
-                let slot = &mut next[used + w];
-                if cand.0 < slot.0 || (cand.0 == slot.0 && cand.1 < slot.1) {
-                    *slot = cand;
-                    par[used + w] = (used, ci);
-                }
-            }
-        }
-        best = next;
-        parent.push(par);
-    }
-    let end = (0..=UNITS)
-        .filter(|&c| best[c].0.is_finite())
-        .min_by(|&a, &b| {
-            best[a]
-                .0
-                .total_cmp(&best[b].0)
-                .then(best[a].1.total_cmp(&best[b].1))
+    let errors: Vec<Vec<f64>> = (0..table.errors.len())
+        .map(|i| {
+            precisions
+                .iter()
+                .map(|&p| table.error(i, p).map_or(f64::NAN, f64::sqrt))
+                .collect()
         })
-        .ok_or_else(|| {
-            RuntimeError::Calibration(format!("no schedule meets the budget {budget:e}"))
-        })?;
-    let mut out = vec![Precision::FP32; n];
-    let mut c = end;
-    for i in (0..n).rev() {
-        let (prev, ci) = parent[i][c];
-        out[i] = choices[ci].1;
-        c = prev;
-    }
-    Ok(out)
+        .collect();
+    let step_costs = precisions.iter().filter_map(|&p| costs.get(p)).collect();
+    let errors_table = ErrorTable::new(precisions, None, errors, step_costs)?;
+    let options = SolveOptions::default().max_resident(max_resident);
+    Ok(solve(
+        &errors_table,
+        &options,
+        &ErrorBound::Total(budget.sqrt()),
+    )?)
 }
 
 #[cfg(test)]
@@ -340,40 +290,51 @@ mod tests {
     }
 
     #[test]
-    fn solver_matches_brute_force() {
-        let ps = vec![INT4, INT8, FP32];
+    fn solver_respects_residency_and_budget() {
+        let ps = vec![INT4, INT8];
         let costs = CostTable {
-            precisions: ps.clone(),
-            seconds: vec![1.0, 1.7, 3.0],
+            precisions: vec![INT4, INT8, FP16, FP32],
+            seconds: vec![1.0, 1.7, 2.5, 3.0],
             batch: 1,
         };
         let errs: Vec<Vec<f64>> = (0..6)
-            .map(|i| vec![0.9 / (i as f64 + 1.0), 0.2 / (i as f64 + 1.0).sqrt(), 0.0])
+            .map(|i| vec![0.09 * (i as f64 + 1.0), 0.001 * (i as f64 + 1.0)])
             .collect();
-        let t = table(errs.clone(), ps.clone());
-        let evals = vec![1, 2, 1, 2, 1, 1];
-        for budget in [0.0, 0.1, 0.3, 0.7, 1.2, 3.0] {
-            let got = solve_budget(&t, &costs, &evals, budget).unwrap();
-            let cost = |s: &[Precision]| -> f64 {
-                s.iter()
-                    .zip(&evals)
-                    .map(|(&p, &e)| costs.get(p).unwrap() * e as f64)
-                    .sum()
-            };
-            assert!(t.predict(&got).unwrap() <= budget + 1e-12);
-            // Brute force over 3^6 schedules.
-            let mut best = f64::INFINITY;
-            for code in 0..3usize.pow(6) {
-                let s: Vec<Precision> = (0..6).map(|i| ps[(code / 3usize.pow(i)) % 3]).collect();
-                if t.predict(&s).unwrap() <= budget * (1.0 - 6.0 / 4000.0) {
-                    best = best.min(cost(&s));
+        let t = table(errs, ps.clone());
+        let all = [INT4, INT8, FP32];
+        let cost = |s: &[Precision]| -> f64 { s.iter().map(|&p| costs.get(p).unwrap()).sum() };
+        let rms = |s: &[Precision]| -> f64 {
+            s.iter()
+                .enumerate()
+                .map(|(i, &p)| t.error(i, p).unwrap().sqrt())
+                .sum()
+        };
+        for budget in [0.0, 0.01, 0.1, 0.5, 2.0, 10.0] {
+            for r in [1, 2, 3] {
+                let got = solve_budget(&t, &costs, budget, r).unwrap();
+                let mut used = got.precisions.clone();
+                used.sort();
+                used.dedup();
+                assert!(used.len() <= r);
+                assert!(rms(&got.precisions) <= budget.sqrt() + 1e-12);
+                // Brute force over 3^6 schedules (FP16 has no measured error: never chosen).
+                let mut best = f64::INFINITY;
+                for code in 0..3usize.pow(6) {
+                    let s: Vec<Precision> =
+                        (0..6).map(|i| all[(code / 3usize.pow(i)) % 3]).collect();
+                    let mut u = s.clone();
+                    u.sort();
+                    u.dedup();
+                    if u.len() <= r && rms(&s) <= budget.sqrt() {
+                        best = best.min(cost(&s));
+                    }
                 }
+                assert!(
+                    (cost(&got.precisions) - best).abs() < 1e-9,
+                    "budget {budget}, r {r}: {} vs {best}",
+                    cost(&got.precisions)
+                );
             }
-            assert!(
-                cost(&got) <= best + 1e-9,
-                "budget {budget}: {} vs {best}",
-                cost(&got)
-            );
         }
     }
 
@@ -385,9 +346,18 @@ mod tests {
             seconds: vec![1.0],
             batch: 1,
         };
-        assert!(solve_budget(&t, &costs, &[1], f64::NAN).is_err());
-        assert!(solve_budget(&t, &costs, &[1], 0.1).is_err()); // only INT4, over budget
-        assert!(solve_budget(&t, &costs, &[1, 1], 1.0).is_err());
-        assert_eq!(solve_budget(&t, &costs, &[1], 1.0).unwrap(), vec![INT4]);
+        assert!(solve_budget(&t, &costs, f64::NAN, 2).is_err());
+        assert!(solve_budget(&t, &costs, 0.1, 2).is_err()); // only INT4, over budget
+        assert!(solve_budget(&t, &costs, 1.0, 0).is_err());
+        assert_eq!(
+            solve_budget(&t, &costs, 1.0, 2).unwrap().precisions,
+            vec![INT4]
+        );
+        let none = CostTable {
+            precisions: vec![],
+            seconds: vec![],
+            batch: 1,
+        };
+        assert!(solve_budget(&t, &none, 1.0, 2).is_err());
     }
 }

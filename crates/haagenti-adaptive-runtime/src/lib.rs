@@ -8,7 +8,8 @@
 //! - [`GmmModel`]: the built-in reference model, the exact denoiser of a Gaussian mixture whose
 //!   means are its weights; both of its matrix products run through the quantized kernels.
 //! - [`sensitivity`], [`measure_costs`], [`solve_budget`]: calibration, from measured per-step
-//!   errors and measured costs to the cheapest schedule within an error budget.
+//!   errors and measured costs to the cheapest schedule within an error budget and a limit on
+//!   resident precisions (the schedule crate's exact solver).
 //!
 //! # Examples
 //!
@@ -43,9 +44,7 @@ mod sampler;
 mod weights;
 
 pub use backend::QMatrix;
-pub use calibrate::{
-    CostTable, SensitivityTable, measure_costs, sensitivity, solve_budget, solve_budget_steps,
-};
+pub use calibrate::{CostTable, SensitivityTable, measure_costs, sensitivity, solve_budget};
 pub use denoiser::{Blend, Denoiser, Mix, denoise_mix};
 pub use error::{Result, RuntimeError};
 pub use executor::{Executor, RunRecord, StepRecord};

@@ -31,6 +31,13 @@ pub struct RunPlan {
     pub steps: Vec<Mix>,
     /// Steps ahead of its first use that a precision is loaded.
     pub lookahead: usize,
+    /// The precisions resident during each step, when a transition plan decides them
+    /// ([`RunPlan::from_transition_plan`]): a precision is then loaded before a step whose set
+    /// holds it and the previous one's does not, and dropped after a step whose set holds it and
+    /// the next one's does not, so a precision unused for a stretch of steps is dropped and
+    /// loaded again. `None`: first use to last use, as above.
+    #[serde(default)]
+    pub resident: Option<Vec<Vec<Precision>>>,
 }
 
 /// Loads before and releases after one step.
@@ -49,6 +56,7 @@ impl RunPlan {
             name: name.into(),
             steps: vec![Mix::at(p); steps],
             lookahead: 0,
+            resident: None,
         }
     }
 
@@ -58,6 +66,7 @@ impl RunPlan {
             name: name.into(),
             steps: precisions.iter().map(|&p| Mix::at(p)).collect(),
             lookahead: 0,
+            resident: None,
         }
     }
 
@@ -86,7 +95,69 @@ impl RunPlan {
             name: name.into(),
             steps,
             lookahead: 0,
+            resident: None,
         }
+    }
+
+    /// The run a transition plan describes: each step at the plan's precision, blended with the
+    /// transition's source precision by the plan's factor while a gradual transition runs, and
+    /// the weights resident at each step exactly those of
+    /// [`TransitionPlan::resident_at`](haagenti_adaptive_transition::TransitionPlan::resident_at).
+    ///
+    /// # Errors
+    ///
+    /// [`RuntimeError::Schedule`] if the plan cannot say a step's precision or residency.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use haagenti_adaptive_core::{Precision::{FP32, INT8}, TransitionStrategy};
+    /// use haagenti_adaptive_runtime::RunPlan;
+    /// use haagenti_adaptive_schedule::{PrecisionSchedule, ScheduleConfig};
+    /// use haagenti_adaptive_transition::TransitionPlanner;
+    ///
+    /// let config = ScheduleConfig::default().strategy(TransitionStrategy::Immediate);
+    /// let schedule = PrecisionSchedule::from_precisions(config, "x", &[INT8, INT8, FP32, FP32, INT8])?;
+    /// let tplan = TransitionPlanner::new(1 << 20).with_min_gap(1).plan_schedule(&schedule)?;
+    /// let plan = RunPlan::from_transition_plan("x", &tplan)?;
+    /// assert_eq!(plan.precisions(), vec![INT8, INT8, FP32, FP32, INT8]);
+    /// // INT8 is dropped while FP32 runs and loaded again for the last step.
+    /// assert_eq!(plan.resident_sets(), vec![vec![INT8], vec![INT8], vec![FP32], vec![FP32], vec![INT8]]);
+    /// # Ok::<(), haagenti_adaptive_runtime::RuntimeError>(())
+    /// ```
+    pub fn from_transition_plan(
+        name: impl Into<String>,
+        plan: &haagenti_adaptive_transition::TransitionPlan,
+    ) -> Result<Self> {
+        let n = plan.schedule.total_steps();
+        let mut steps = Vec::with_capacity(n as usize);
+        let mut resident = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let info = plan.schedule.require_step(i)?;
+            let blend = match (plan.blend_at(i), plan.transition_at(i)) {
+                (Some(factor), Some(t)) if t.from != info.precision => Some(Blend {
+                    from: t.from,
+                    factor,
+                }),
+                _ => None,
+            };
+            let mix = Mix {
+                precision: info.precision,
+                blend,
+            };
+            let mut set = plan.resident_at(i)?;
+            set.extend(mix.precisions());
+            set.sort();
+            set.dedup();
+            steps.push(mix);
+            resident.push(set);
+        }
+        Ok(Self {
+            name: name.into(),
+            steps,
+            lookahead: 0,
+            resident: Some(resident),
+        })
     }
 
     /// The main precision of every step.
@@ -124,6 +195,29 @@ impl RunPlan {
     pub fn residency(&self) -> Vec<StepResidency> {
         let n = self.steps.len();
         let mut out = vec![StepResidency::default(); n];
+        if let Some(sets) = &self.resident {
+            // A step's own precisions are always resident, whatever the sets say.
+            let need = |i: usize| -> Vec<Precision> {
+                let mut v: Vec<Precision> = sets.get(i).cloned().unwrap_or_default();
+                v.extend(self.steps[i].precisions());
+                v
+            };
+            let mut prev: Vec<Precision> = Vec::new();
+            for (i, step) in out.iter_mut().enumerate() {
+                let now = need(i);
+                let next = if i + 1 < n { need(i + 1) } else { Vec::new() };
+                for p in Precision::ALL {
+                    if now.contains(&p) && !prev.contains(&p) {
+                        step.load.push(p);
+                    }
+                    if now.contains(&p) && !next.contains(&p) {
+                        step.release.push(p);
+                    }
+                }
+                prev = now;
+            }
+            return out;
+        }
         for p in Precision::ALL {
             let uses: Vec<usize> = (0..n)
                 .filter(|&i| self.steps[i].precisions().any(|q| q == p))
@@ -193,5 +287,50 @@ mod tests {
         assert!(plan.validate(4).is_err());
         let bad = RunPlan::with_blends("b", &[INT8, FP16], &[None, Some((INT8, 1.5))]);
         assert!(bad.validate(2).is_err());
+    }
+
+    #[test]
+    fn transition_plan_decides_residency_and_blends() {
+        use haagenti_adaptive_core::TransitionStrategy;
+        use haagenti_adaptive_schedule::{PrecisionSchedule, ScheduleConfig};
+        use haagenti_adaptive_transition::TransitionPlanner;
+
+        let config = ScheduleConfig::default().strategy(TransitionStrategy::Gradual { steps: 2 });
+        let precisions = [INT8, INT8, INT8, FP32, FP32, FP32, FP32];
+        let schedule = PrecisionSchedule::from_precisions(config, "g", &precisions).unwrap();
+        let tplan = TransitionPlanner::new(1 << 20)
+            .with_min_gap(1)
+            .plan_schedule(&schedule)
+            .unwrap();
+        let plan = RunPlan::from_transition_plan("g", &tplan).unwrap();
+        assert_eq!(
+            plan.precisions(),
+            tplan
+                .schedule
+                .steps
+                .iter()
+                .map(|s| s.precision)
+                .collect::<Vec<_>>()
+        );
+        let mut blended = 0;
+        for (i, m) in plan.steps.iter().enumerate() {
+            let i32_ = u32::try_from(i).unwrap();
+            assert_eq!(
+                m.blend.map(|b| b.factor),
+                tplan.blend_at(i32_).filter(|_| m.blend.is_some())
+            );
+            if let Some(b) = m.blend {
+                blended += 1;
+                assert_eq!((b.from, m.precision), (INT8, FP32));
+                assert_eq!(plan.resident_sets()[i], vec![INT8, FP32]);
+            }
+            assert_eq!(plan.resident_sets()[i], tplan.resident_at(i32_).unwrap());
+        }
+        assert!(blended > 0, "a gradual transition blends at least one step");
+        // Every load is matched by a release.
+        let res = plan.residency();
+        let loads: usize = res.iter().map(|r| r.load.len()).sum();
+        let releases: usize = res.iter().map(|r| r.release.len()).sum();
+        assert_eq!(loads, releases);
     }
 }

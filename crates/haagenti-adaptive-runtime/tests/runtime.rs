@@ -117,13 +117,15 @@ fn calibration_on_a_tiny_model() {
         seconds: vec![1.0, 2.0, 3.0, 4.0],
         batch: 3,
     };
-    let evals = vec![1; steps];
-    let zero = solve_budget(&table, &costs, &evals, 0.0).unwrap();
+    let zero = solve_budget(&table, &costs, 0.0, 2).unwrap().precisions;
     assert!(zero.iter().all(|&p| table.error(0, p).is_some()));
     assert_eq!(table.predict(&zero).unwrap(), 0.0);
-    let total: f64 = table.errors.iter().map(|r| r[0]).sum();
+    // The RMS bound is the squared sum of per-step RMS errors.
+    let rms: f64 = table.errors.iter().map(|r| r[0].sqrt()).sum();
     assert_eq!(
-        solve_budget(&table, &costs, &evals, total * 2.0).unwrap(),
+        solve_budget(&table, &costs, rms * rms * 2.0, 2)
+            .unwrap()
+            .precisions,
         vec![INT4; steps]
     );
     // Measured costs: one per precision, positive; what the call loaded is released.

@@ -8,13 +8,26 @@
 //! transition strategy) into one [`StepPrecision`] a step, the list of precision changes, and
 //! estimates of memory, quality and speed.
 //!
-//! The estimates use the seed's constant factors ([`EstimateSource::SeedConstants`]): memory
+//! By default the estimates use the seed's constant factors ([`EstimateSource::SeedConstants`]): memory
 //! counts the block scales of the integer formats (4.5 and 8.5 bits a weight), and the speedup is
 //! total FP32 time over total scheduled time (a harmonic mean of the per-step factors), not the
 //! seed's arithmetic mean.
 //!
 //! [`noise`] computes samplers' noise levels (sigmas) and noise-level profiles; [`solver`] picks
 //! the cheapest per-step precisions under a measured error budget.
+//!
+//! Noise drives schedules through [`ScheduleConfig`]: with a noise schedule
+//! ([`ScheduleConfig::noise`]) every step records the sigma at which it evaluates the denoiser,
+//! and a noise-level profile ([`ScheduleConfig::custom_noise_profile`], or the
+//! [`ProfilePreset::NoiseAdaptive`] preset) picks each step's precision by that sigma's log-SNR.
+//! `NoiseAdaptive` without a noise schedule uses EDM's Karras schedule (sigma_min 0.002,
+//! sigma_max 80, rho 7) and records it in the schedule's `config.noise`.
+//!
+//! Measured estimates: [`PrecisionSchedule::solve`] runs the solver on an
+//! [`ErrorTable`](solver::ErrorTable) of per-step errors and per-precision costs (seconds a
+//! step) and [`PrecisionSchedule::from_measurements`] scores a given assignment; such schedules
+//! say [`EstimateSource::Measured`], their speedup is total FP32 cost over total scheduled cost,
+//! and they carry the predicted cost and error.
 //!
 //! Every type here serialises with serde, and deserialising validates: a malformed profile,
 //! configuration or schedule is an error, never a panic.
@@ -32,6 +45,15 @@
 //! assert_eq!(schedule.precision_at(0), Some(Precision::INT4));
 //! assert_eq!(schedule.precision_at(19), Some(Precision::FP16));
 //! assert_eq!(format!("{:.2}", schedule.estimated_speedup), "2.42");
+//!
+//! // By noise level: INT4 while sigma > 10, INT8 while sigma > 1, FP16 below.
+//! use haagenti_adaptive_schedule::noise::NoiseSchedule;
+//! let noisy = PrecisionSchedule::generate(
+//!     ScheduleConfig::with_preset(ProfilePreset::NoiseAdaptive).noise("flow:shift=3".parse()?),
+//! )?;
+//! assert_eq!(noisy.steps[0].sigma, Some(1.0));
+//! assert_eq!(noisy.precision_at(0), Some(Precision::INT4));
+//! assert_eq!(noisy.precision_at(29), Some(Precision::FP16));
 //! # Ok::<(), haagenti_adaptive_core::AdaptiveError>(())
 //! ```
 

@@ -408,12 +408,11 @@ impl PrecisionSchedule {
                 "a schedule needs at least 1 step".into(),
             ));
         }
-        if let Some((i, s)) = self
-            .steps
-            .iter()
-            .enumerate()
-            .find_map(|(i, st)| st.sigma.filter(|s| !(s.is_finite() && *s >= 0.0)).map(|s| (i, s)))
-        {
+        if let Some((i, s)) = self.steps.iter().enumerate().find_map(|(i, st)| {
+            st.sigma
+                .filter(|s| !(s.is_finite() && *s >= 0.0))
+                .map(|s| (i, s))
+        }) {
             return Err(AdaptiveError::ScheduleError(format!(
                 "step {i} has sigma {s}, not a finite non-negative noise level"
             )));

@@ -48,8 +48,26 @@ fn profile() -> impl Strategy<Value = PrecisionProfile> {
         })
 }
 
+/// What each step of an `n`-step schedule of `config` asks for before capabilities: the noise
+/// profile's precision at the step's sigma when one is in force, else the fraction profile's.
+fn asked(config: &ScheduleConfig, n: u32) -> Vec<Precision> {
+    match (config.active_noise_profile(), config.effective_noise()) {
+        (Some(profile), Some(noise)) => profile.precisions_for(&noise, n as usize).unwrap(),
+        _ => {
+            let profile = config.profile();
+            (0..n)
+                .map(|i| {
+                    profile
+                        .precision_at(i as f32 / n as f32)
+                        .expect("a valid profile covers [0, 1)")
+                })
+                .collect()
+        }
+    }
+}
+
 /// The invariants every generated schedule keeps.
-fn check(schedule: &PrecisionSchedule, profile: &PrecisionProfile, caps: &PrecisionCapabilities) {
+fn check(schedule: &PrecisionSchedule, asked: &[Precision], caps: &PrecisionCapabilities) {
     let n = schedule.config.total_steps;
     assert_eq!(schedule.steps.len(), n as usize);
     let mut changes = Vec::new();
@@ -60,9 +78,7 @@ fn check(schedule: &PrecisionSchedule, profile: &PrecisionProfile, caps: &Precis
             "step {i}: {} unsupported",
             s.precision
         );
-        let asked = profile
-            .precision_at(i as f32 / n as f32)
-            .expect("a valid profile covers [0, 1)");
+        let asked = asked[i];
         assert!(
             s.precision >= asked,
             "step {i}: {} below the asked {asked}",
@@ -112,7 +128,12 @@ proptest! {
             .strategy(strategy)
             .min_quality(0.0);
         let schedule = PrecisionSchedule::generate(config.clone()).unwrap();
-        check(&schedule, &preset.build(), &caps);
+        check(&schedule, &asked(&config, steps), &caps);
+        // A noise profile is in force exactly for NoiseAdaptive, and then every step has a sigma.
+        prop_assert_eq!(
+            schedule.steps.iter().all(|s| s.sigma.is_some()),
+            preset == ProfilePreset::NoiseAdaptive
+        );
         // The presets' capabilities all support FP32, so strict changes nothing.
         let strict = PrecisionSchedule::generate(config.clone().strict(true)).unwrap();
         prop_assert_eq!(&strict.steps, &schedule.steps);
@@ -148,8 +169,8 @@ proptest! {
             .capabilities(caps.clone())
             .strategy(strategy)
             .min_quality(0.0);
-        let schedule = PrecisionSchedule::generate(config).unwrap();
-        check(&schedule, &profile, &caps);
+        let schedule = PrecisionSchedule::generate(config.clone()).unwrap();
+        check(&schedule, &asked(&config, steps), &caps);
     }
 
     #[test]
@@ -180,7 +201,6 @@ proptest! {
 #[test]
 fn every_preset_and_step_count_up_to_1000() {
     for preset in ProfilePreset::all() {
-        let profile = preset.build();
         for caps in [
             PrecisionCapabilities::modern_gpu(8192),
             PrecisionCapabilities::legacy_gpu(8192),
@@ -192,8 +212,8 @@ fn every_preset_and_step_count_up_to_1000() {
                     .capabilities(caps.clone())
                     .min_quality(0.0);
                 check(
-                    &PrecisionSchedule::generate(config).unwrap(),
-                    &profile,
+                    &PrecisionSchedule::generate(config.clone()).unwrap(),
+                    &asked(&config, steps),
                     &caps,
                 );
             }
