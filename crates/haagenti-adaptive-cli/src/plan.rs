@@ -6,12 +6,12 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use haagenti_adaptive::core::{PrecisionCapabilities, TransitionStrategy};
-use haagenti_adaptive_schedule::noise::{NoiseProfile, NoiseSchedule};
-use haagenti_adaptive_schedule::solver::{ErrorBound, ErrorTable, SolveOptions};
-use haagenti_adaptive_schedule::{
+use haagenti_adaptive::schedule::noise::{NoiseProfile, NoiseSchedule};
+use haagenti_adaptive::schedule::solver::{ErrorBound, ErrorTable, SolveOptions};
+use haagenti_adaptive::schedule::{
     EstimateSource, PrecisionProfile, PrecisionSchedule, ProfilePreset, ScheduleConfig,
 };
-use haagenti_adaptive_transition::{
+use haagenti_adaptive::transition::{
     DEFAULT_MIN_GAP, PrecisionTransition, TransitionPlan, TransitionPlanner,
 };
 use serde::Serialize;

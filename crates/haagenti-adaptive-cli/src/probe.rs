@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use anyhow::Context as _;
-use haagenti_adaptive_probe::{CapabilityReport, DeviceChoice, PrecisionCapabilities};
+use haagenti_adaptive::probe::{CapabilityReport, DeviceChoice, PrecisionCapabilities};
 use serde::Serialize;
 
 /// Arguments of `haagenti-adaptive probe`.

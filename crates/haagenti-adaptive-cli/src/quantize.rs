@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use haagenti_adaptive_kernels::Format;
-use haagenti_adaptive_kernels::checkpoint::{
+use haagenti_adaptive::kernels::Format;
+use haagenti_adaptive::kernels::checkpoint::{
     CheckpointReport, Fallback, Progress, quantize_checkpoint,
 };
-use haagenti_adaptive_kernels::gguf::GGUF_LLAMA_CPP_MAX_NAME_LEN;
+use haagenti_adaptive::kernels::gguf::GGUF_LLAMA_CPP_MAX_NAME_LEN;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Inputs at least this large get a progress bar (when stderr is a terminal).
