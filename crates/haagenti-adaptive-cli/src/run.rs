@@ -331,14 +331,14 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
         model.release(p);
     }
     let total_evals: f64 = evals.iter().map(|&e| e as f64).sum();
-    let mean_costs: Vec<f64> = (0..all.len())
-        .map(|j| per_step.iter().map(|r| r[j]).sum::<f64>() / total_evals)
-        .collect();
-    let costs = CostTable {
+    let mean_costs = |per_step: &[Vec<f64>], batch: usize| CostTable {
         precisions: all.to_vec(),
-        seconds: mean_costs,
-        batch: args.batch,
+        seconds: (0..all.len())
+            .map(|j| per_step.iter().map(|r| r[j]).sum::<f64>() / total_evals)
+            .collect(),
+        batch,
     };
+    let costs = mean_costs(&per_step, args.batch);
     let predict = |plan: &RunPlan| predict_with(&per_step, plan);
 
     // Schedules other than calibrated.
@@ -358,9 +358,12 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
         let cb = args.calibration_batch;
         let xc = gaussian_noise(cb, d, SIGMA_MAX, args.seed.wrapping_add(1));
         let xh = gaussian_noise(cb, d, SIGMA_MAX, args.seed.wrapping_add(2));
+        // The schedule is solved with costs measured at the batch it is checked on: which
+        // precision is cheaper depends on the batch (FP16 against FP32, for one).
+        let cal_costs = mean_costs(&per_step_cal, cb);
         // A precision that costs FP32's time or more is never worth choosing (FP32 has no error):
         // its sensitivity is not measured.
-        let fp32_cost = costs.get(Precision::FP32).unwrap_or(f64::INFINITY);
+        let fp32_cost = cal_costs.get(Precision::FP32).unwrap_or(f64::INFINITY);
         let lower: Vec<Precision> = [
             Precision::INT4,
             Precision::INT8,
@@ -368,7 +371,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
             Precision::FP16,
         ]
         .into_iter()
-        .filter(|&p| costs.get(p).is_some_and(|c| c < fp32_cost))
+        .filter(|&p| cal_costs.get(p).is_some_and(|c| c < fp32_cost))
         .collect();
         let pb = bar(steps * lower.len(), "calibrating", quiet);
         let table = sensitivity(&exec, &mut model, &xc, cb, &lower, |done, _| {
@@ -398,7 +401,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
         // `--max-resident` precisions resident.
         let budget = args.budget.unwrap_or(best_mse);
         let mut solve_at = budget;
-        let mut solved = solve_budget(&table, &costs, solve_at, args.max_resident)?;
+        let mut solved = solve_budget(&table, &cal_costs, solve_at, args.max_resident)?;
         // Without an explicit budget, tighten until the calibration batch meets it (at most 4 times).
         for _ in 0..4 {
             if args.budget.is_some() {
@@ -414,7 +417,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
                 break;
             }
             solve_at *= 0.25;
-            solved = solve_budget(&table, &costs, solve_at, args.max_resident)?;
+            solved = solve_budget(&table, &cal_costs, solve_at, args.max_resident)?;
         }
         let predicted_mse = solved.total_error * solved.total_error;
         let calibrated = transition_run_plan(
