@@ -1,15 +1,16 @@
 //! Noise levels for the samplers.
 
+use haagenti_adaptive_schedule::noise::NoiseSchedule;
+
 use crate::{Result, RuntimeError};
 
-/// Karras et al. (2022, eq. 5) noise levels:
-/// `sigma_i = (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho` for `i` in `0..n`, then a
-/// final 0 (k-diffusion's `get_sigmas_karras`). Returns `n + 1` values, descending.
+/// Karras et al. (2022, eq. 5) noise levels, `n + 1` values descending to a final 0: the schedule
+/// crate's [`NoiseSchedule::karras`], which documents the formula, with the runtime's error type.
 ///
 /// # Errors
 ///
-/// [`RuntimeError::InvalidSigmas`] when `n == 0`, a bound is not finite and positive, `smin > smax`,
-/// or `rho` is not finite and positive.
+/// [`RuntimeError::Schedule`] when `n == 0`, a bound is not finite and positive, `sigma_min >
+/// sigma_max` (or equal, for more than one step), or `rho` is not finite and positive.
 ///
 /// # Examples
 ///
@@ -20,25 +21,7 @@ use crate::{Result, RuntimeError};
 /// # Ok::<(), haagenti_adaptive_runtime::RuntimeError>(())
 /// ```
 pub fn karras_sigmas(n: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> Result<Vec<f64>> {
-    let ok = |v: f64| v.is_finite() && v > 0.0;
-    if n == 0 || !ok(sigma_min) || !ok(sigma_max) || !ok(rho) || sigma_min > sigma_max {
-        return Err(RuntimeError::InvalidSigmas(format!(
-            "karras needs n > 0 and 0 < sigma_min <= sigma_max, rho > 0 (got n={n}, sigma_min={sigma_min}, sigma_max={sigma_max}, rho={rho})"
-        )));
-    }
-    let (a, b) = (sigma_max.powf(1.0 / rho), sigma_min.powf(1.0 / rho));
-    let mut s: Vec<f64> = (0..n)
-        .map(|i| {
-            let t = if n == 1 {
-                0.0
-            } else {
-                i as f64 / (n - 1) as f64
-            };
-            (a + t * (b - a)).powf(rho)
-        })
-        .collect();
-    s.push(0.0);
-    Ok(s)
+    Ok(NoiseSchedule::karras(sigma_min, sigma_max, rho)?.sigmas(n)?)
 }
 
 /// Checks that `sigmas` can drive a sampler: at least two values, all finite, non-negative and
