@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p haagenti-adaptive-benches --bin kernels [--features candle] -- \
-//!     [--quick] [--json FILE] [--threads 1,2]
+//!     [--quick] [--json FILE] [--threads 1,2] [--shapes MxKxN,...] [--no-throughput]
 //! ```
 //!
 //! Method: for each thread count the binary re-runs itself as a worker process (candle sizes its
@@ -38,8 +38,9 @@ const OUR_FORMATS: [Format; 6] = [
     Format::Q4_0,
     Format::Q4_1,
 ];
-/// Values in the quantize/dequantize throughput buffer (16 MiB of f32).
-const THROUGHPUT_VALUES: usize = 4096 * 1024;
+/// Values in the quantize/dequantize throughput buffers: 16 MiB of f32, which streams from
+/// memory, and 256 KiB, which stays in L2 with its blocks (so the kernel, not DRAM, bounds it).
+const THROUGHPUT_VALUES: [usize; 2] = [4096 * 1024, 64 * 1024];
 
 /// One measured figure.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -75,6 +76,26 @@ struct Options {
     json: Option<String>,
     threads: Vec<usize>,
     worker: bool,
+    /// Matmul shapes to run (`MxKxN`); all of [`SHAPES`] when empty.
+    shapes: Vec<String>,
+    throughput: bool,
+}
+
+impl Options {
+    /// The arguments a worker process needs to measure what these options ask for.
+    fn worker_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if self.quick {
+            args.push("--quick".to_string());
+        }
+        if !self.shapes.is_empty() {
+            args.extend(["--shapes".to_string(), self.shapes.join(",")]);
+        }
+        if !self.throughput {
+            args.push("--no-throughput".to_string());
+        }
+        args
+    }
 }
 
 fn parse_args() -> anyhow::Result<Options> {
@@ -83,6 +104,8 @@ fn parse_args() -> anyhow::Result<Options> {
         json: None,
         threads: vec![1, 2],
         worker: false,
+        shapes: Vec::new(),
+        throughput: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -100,12 +123,27 @@ fn parse_args() -> anyhow::Result<Options> {
                     bail!("thread counts must be at least 1");
                 }
             }
+            "--shapes" => {
+                let list = args
+                    .next()
+                    .context("--shapes needs a list such as 1x4096x4096")?;
+                opts.shapes = list.split(',').map(|s| s.trim().to_string()).collect();
+                let known: Vec<String> = SHAPES
+                    .iter()
+                    .map(|&(m, k, n)| format!("{m}x{k}x{n}"))
+                    .collect();
+                if let Some(bad) = opts.shapes.iter().find(|s| !known.contains(s)) {
+                    bail!("unknown shape {bad:?}; the shapes are {}", known.join(", "));
+                }
+            }
+            "--no-throughput" => opts.throughput = false,
             // `cargo bench` passes this to every bench target.
             "--bench" => {}
             "-h" | "--help" => {
                 println!(
-                    "kernels [--quick] [--json FILE] [--threads 1,2]: matmul and quantization \
-                     benchmark (see the source's docs)"
+                    "kernels [--quick] [--json FILE] [--threads 1,2] [--shapes MxKxN,...] \
+                     [--no-throughput]: matmul and quantization benchmark (see the source's \
+                     docs)"
                 );
                 std::process::exit(0);
             }
@@ -119,7 +157,7 @@ fn main() -> anyhow::Result<()> {
     let opts = parse_args()?;
     if opts.worker {
         let threads = *opts.threads.first().context("a worker needs --threads N")?;
-        let rows = worker(threads, opts.quick)?;
+        let rows = worker(threads, &opts)?;
         println!("{}", serde_json::to_string(&rows)?);
         return Ok(());
     }
@@ -131,10 +169,8 @@ fn main() -> anyhow::Result<()> {
         cmd.args(["--worker", "--threads", &threads.to_string()])
             .env("CANDLE_NUM_THREADS", threads.to_string())
             .env("RAYON_NUM_THREADS", threads.to_string())
+            .args(opts.worker_args())
             .stderr(std::process::Stdio::inherit());
-        if opts.quick {
-            cmd.arg("--quick");
-        }
         let out = cmd.output().context("cannot start the worker process")?;
         if !out.status.success() {
             bail!("the {threads}-thread worker failed ({})", out.status);
@@ -322,12 +358,12 @@ fn gemm_f32(
     }
 }
 
-fn worker(threads: usize, quick: bool) -> anyhow::Result<Vec<Row>> {
+fn worker(threads: usize, opts: &Options) -> anyhow::Result<Vec<Row>> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .context("cannot build the rayon pool")?;
-    let (budget, min_rounds, max_rounds) = if quick {
+    let (budget, min_rounds, max_rounds) = if opts.quick {
         (Duration::from_millis(300), 2, 3)
     } else {
         (Duration::from_secs(6), 5, 40)
@@ -335,6 +371,9 @@ fn worker(threads: usize, quick: bool) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for (si, &(m, k, n)) in SHAPES.iter().enumerate() {
         let shape = format!("{m}x{k}x{n}");
+        if !opts.shapes.is_empty() && !opts.shapes.contains(&shape) {
+            continue;
+        }
         eprintln!("  {shape}");
         let x = values(m * k, 1 + si as u64);
         let w = values(n * k, 100 + si as u64);
@@ -411,24 +450,27 @@ fn worker(threads: usize, quick: bool) -> anyhow::Result<Vec<Row>> {
         }
     }
     // Throughput is per thread: single-threaded calls, measured in the 1-thread worker only.
-    if threads == 1 {
-        rows.extend(throughput(&pool, budget, min_rounds, max_rounds)?);
+    if threads == 1 && opts.throughput {
+        for n in THROUGHPUT_VALUES {
+            rows.extend(throughput(&pool, n, budget, min_rounds, max_rounds)?);
+        }
     }
     Ok(rows)
 }
 
 fn throughput(
     pool: &rayon::ThreadPool,
+    n: usize,
     budget: Duration,
     min_rounds: usize,
     max_rounds: usize,
 ) -> anyhow::Result<Vec<Row>> {
     use haagenti_adaptive_kernels::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
+    let reps = (THROUGHPUT_VALUES[0] / n).max(1);
     use haagenti_adaptive_kernels::{
         bf16_to_f32, dequantize_row_q4_0, dequantize_row_q4_1, dequantize_row_q8_0, f16_to_f32,
         f32_to_bf16, f32_to_f16, quantize_row_q4_0, quantize_row_q4_1, quantize_row_q8_0,
     };
-    let n = THROUGHPUT_VALUES;
     let x = values(n, 7);
     let mut q8 = vec![BlockQ8_0::default(); n / QK];
     let mut q40 = vec![BlockQ4_0::default(); n / QK];
@@ -448,10 +490,18 @@ fn throughput(
         let mut kernels: Vec<Kernel<'_>> = Vec::new();
         let x = &x;
         let mut ys = y.iter_mut();
+        // Each timed call repeats the operation so that it lasts about as long as one pass over
+        // the largest buffer: a single pass over a small one would time the pool's wake-up.
         macro_rules! push {
             ($name:expr, $body:expr) => {
                 names.push($name);
-                kernels.push(Box::new($body));
+                let mut once: Kernel<'_> = Box::new($body);
+                kernels.push(Box::new(move || {
+                    for _ in 0..reps {
+                        once()?;
+                    }
+                    Ok(())
+                }));
             };
         }
         let (q8m, q40m, q41m, hm, bm) = (&mut q8, &mut q40, &mut q41, &mut h, &mut b);
@@ -524,7 +574,7 @@ fn throughput(
         }
         measure(pool, &mut kernels, budget, min_rounds, max_rounds)?
     };
-    let bytes = (n * 4) as f64;
+    let bytes = (n * 4 * reps) as f64;
     let medians: Vec<f64> = samples.iter().map(|s| median(s)).collect();
     let mut rows = Vec::new();
     for (i, name) in names.iter().enumerate() {
