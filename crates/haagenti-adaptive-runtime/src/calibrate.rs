@@ -44,8 +44,15 @@ impl CostTable {
     }
 }
 
-/// Times `repeats` evaluations of `den` at each precision on `x` (`batch` samples) at noise
-/// `sigma`, after one warm-up call, and keeps the median. Precisions it loads are released again.
+/// Times evaluations of `den` at each precision on `x` (`batch` samples) at noise `sigma` and
+/// keeps, per precision, the median of `repeats` samples.
+///
+/// The precisions take turns (one sample of each per round), so that a burst of load from other
+/// processes falls on every precision alike instead of on whichever was being timed. Each sample
+/// is the second of two back-to-back calls: a step of a real run follows a step at the same
+/// precision, with that precision's weights as warm in cache as the previous call left them, and
+/// a call straight after another precision's would pay for cold weights instead. Every precision
+/// is resident during the measurement; those it loaded are released again.
 ///
 /// # Errors
 ///
@@ -63,31 +70,53 @@ pub fn measure_costs<D: Denoiser + ?Sized>(
             "need at least one precision and one repeat".into(),
         ));
     }
-    let mut out = vec![0f32; x.len()];
-    let mut seconds = Vec::with_capacity(precisions.len());
+    let mut loaded_here = Vec::new();
     for &p in precisions {
         let before = den.resident_bytes();
         den.load(p)?;
-        let loaded = den.resident_bytes() != before;
-        den.denoise(x, batch, sigma, p, &mut out)?;
-        let mut t: Vec<f64> = (0..repeats)
-            .map(|_| {
-                let t0 = Instant::now();
-                den.denoise(x, batch, sigma, p, &mut out)
-                    .map(|()| t0.elapsed().as_secs_f64())
-            })
-            .collect::<Result<_>>()?;
-        t.sort_by(f64::total_cmp);
-        seconds.push(t[t.len() / 2]);
-        if loaded {
-            den.release(p);
+        if den.resident_bytes() != before {
+            loaded_here.push(p);
         }
     }
+    let timed = time_round_robin(den, x, batch, sigma, precisions, repeats);
+    for p in loaded_here {
+        den.release(p);
+    }
+    let mut samples = timed?;
+    let seconds = samples
+        .iter_mut()
+        .map(|t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect();
     Ok(CostTable {
         precisions: precisions.to_vec(),
         seconds,
         batch,
     })
+}
+
+/// `repeats` rounds of (warming call, timed call) at each precision in turn: seconds per precision.
+fn time_round_robin<D: Denoiser + ?Sized>(
+    den: &mut D,
+    x: &[f32],
+    batch: usize,
+    sigma: f64,
+    precisions: &[Precision],
+    repeats: usize,
+) -> Result<Vec<Vec<f64>>> {
+    let mut out = vec![0f32; x.len()];
+    let mut samples = vec![Vec::with_capacity(repeats); precisions.len()];
+    for _ in 0..repeats {
+        for (&p, t) in precisions.iter().zip(&mut samples) {
+            den.denoise(x, batch, sigma, p, &mut out)?;
+            let t0 = Instant::now();
+            den.denoise(x, batch, sigma, p, &mut out)?;
+            t.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok(samples)
 }
 
 /// Per-step sensitivity: `errors[i][j]` is the MSE of the final samples against the FP32 run when
