@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p haagenti-adaptive-benches --bin kernels [--features candle] -- \
-//!     [--quick] [--json FILE] [--threads 1,2] [--shapes MxKxN,...] [--no-throughput]
+//!     [--quick] [--cold] [--json FILE] [--threads 1,2] [--shapes MxKxN,...] [--no-throughput]
 //! ```
 //!
 //! Method: for each thread count the binary re-runs itself as a worker process (candle sizes its
@@ -14,6 +14,12 @@
 //! warm-up call each, for as many rounds as a time budget allows; the figure is the median.
 //! `ratio_vs_f32` is the time of the faster of two `gemm` f32 layouts over the kernel's time
 //! (above 1 means faster than f32).
+//!
+//! Each kernel multiplies by the same weights every call, so weights smaller than the last-level
+//! cache (every quantized copy of a 4096 x 4096 matrix fits this machine's 32 MiB L3) are read
+//! from cache while f32's 64 MiB streams from memory. `--cold` gives every kernel
+//! [`COLD_FOOTPRINT`] of weight copies and uses the next copy at each call, so that every format's
+//! weights come from memory, as the layers of a model larger than the cache do.
 
 use std::hint::black_box;
 use std::io::Write as _;
@@ -38,6 +44,9 @@ const OUR_FORMATS: [Format; 6] = [
     Format::Q4_0,
     Format::Q4_1,
 ];
+/// Bytes of weight copies each kernel cycles through with `--cold`: three times this machine's
+/// 32 MiB L3, so no copy is still cached when its turn comes again.
+const COLD_FOOTPRINT: usize = 96 << 20;
 /// Values in the quantize/dequantize throughput buffers: 16 MiB of f32, which streams from
 /// memory, and 256 KiB, which stays in L2 with its blocks (so the kernel, not DRAM, bounds it).
 const THROUGHPUT_VALUES: [usize; 2] = [4096 * 1024, 64 * 1024];
@@ -68,11 +77,14 @@ struct Report {
     kernel_path: String,
     candle: bool,
     quick: bool,
+    /// Weights cycled through copies larger than the cache (`--cold`).
+    cold: bool,
     results: Vec<Row>,
 }
 
 struct Options {
     quick: bool,
+    cold: bool,
     json: Option<String>,
     threads: Vec<usize>,
     worker: bool,
@@ -88,6 +100,9 @@ impl Options {
         if self.quick {
             args.push("--quick".to_string());
         }
+        if self.cold {
+            args.push("--cold".to_string());
+        }
         if !self.shapes.is_empty() {
             args.extend(["--shapes".to_string(), self.shapes.join(",")]);
         }
@@ -101,6 +116,7 @@ impl Options {
 fn parse_args() -> anyhow::Result<Options> {
     let mut opts = Options {
         quick: false,
+        cold: false,
         json: None,
         threads: vec![1, 2],
         worker: false,
@@ -111,6 +127,7 @@ fn parse_args() -> anyhow::Result<Options> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => opts.quick = true,
+            "--cold" => opts.cold = true,
             "--worker" => opts.worker = true,
             "--json" => opts.json = Some(args.next().context("--json needs a file name")?),
             "--threads" => {
@@ -141,8 +158,8 @@ fn parse_args() -> anyhow::Result<Options> {
             "--bench" => {}
             "-h" | "--help" => {
                 println!(
-                    "kernels [--quick] [--json FILE] [--threads 1,2] [--shapes MxKxN,...] \
-                     [--no-throughput]: matmul and quantization benchmark (see the source's \
+                    "kernels [--quick] [--cold] [--json FILE] [--threads 1,2] \
+                     [--shapes MxKxN,...] [--no-throughput]: matmul and quantization benchmark (see the source's \
                      docs)"
                 );
                 std::process::exit(0);
@@ -183,6 +200,7 @@ fn main() -> anyhow::Result<()> {
         kernel_path: kernel_path().to_string(),
         candle: cfg!(feature = "candle"),
         quick: opts.quick,
+        cold: opts.cold,
         results,
     };
     print!("{}", markdown(&report));
@@ -199,13 +217,18 @@ fn markdown(report: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "kernel path: {}; candle: {}; {}\n",
+        "kernel path: {}; candle: {}; {}; {}\n",
         report.kernel_path,
         report.candle,
         if report.quick {
             "quick run (few samples)"
         } else {
             "full run"
+        },
+        if report.cold {
+            "weights from memory (copies cycled)"
+        } else {
+            "same weights every call (cached if they fit)"
         }
     );
     let _ = writeln!(
@@ -262,18 +285,22 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 
 type Kernel<'a> = Box<dyn FnMut() -> anyhow::Result<()> + Send + 'a>;
 
-/// Runs the kernels round-robin, one warm-up call each, then rounds until `budget` is spent
-/// (between `min_rounds` and `max_rounds`). Returns each kernel's sorted samples in ms.
+/// Runs the kernels round-robin, `warmups` warm-up calls each (enough to touch every weight copy
+/// once), then rounds until `budget` is spent (between `min_rounds` and `max_rounds`). Returns
+/// each kernel's sorted samples in ms.
 fn measure(
     pool: &rayon::ThreadPool,
     kernels: &mut [Kernel<'_>],
+    warmups: usize,
     budget: Duration,
     min_rounds: usize,
     max_rounds: usize,
 ) -> anyhow::Result<Vec<Vec<f64>>> {
     let mut samples = vec![Vec::new(); kernels.len()];
     for k in kernels.iter_mut() {
-        pool.install(&mut **k)?;
+        for _ in 0..warmups.max(1) {
+            pool.install(&mut **k)?;
+        }
     }
     let start = Instant::now();
     let mut rounds = 0;
@@ -387,6 +414,23 @@ fn worker(threads: usize, opts: &Options) -> anyhow::Result<Vec<Row>> {
             .iter()
             .map(|&f| QuantizedTensor::quantize(f, n, k, &w))
             .collect::<Result<Vec<_>, _>>()?;
+        // Copies each kernel cycles through (one unless --cold).
+        let copies = |bytes: usize| {
+            if opts.cold {
+                COLD_FOOTPRINT.div_ceil(bytes.max(1))
+            } else {
+                1
+            }
+        };
+        let f32_copies = copies(n * k * 4);
+        let w_copies: Vec<Vec<f32>> = vec![w.clone(); f32_copies];
+        let w_t_copies: Vec<Vec<f32>> = vec![w_t.clone(); f32_copies];
+        let weights: Vec<Vec<QuantizedTensor>> = weights
+            .into_iter()
+            .map(|wq| vec![wq.clone(); copies(wq.as_bytes().len())])
+            .collect();
+        // Q4_K takes 4.5 bits a weight, like Q4_0: no kernel has more copies than the Q4_0 one.
+        let most_copies = weights.iter().map(Vec::len).max().unwrap_or(1);
 
         let mut reference = vec![0f32; m * n];
         gemm_f32(&x, &w, false, (m, k, n), &mut reference, threads);
@@ -395,7 +439,7 @@ fn worker(threads: usize, opts: &Options) -> anyhow::Result<Vec<Row>> {
         let mut outs: Vec<Vec<f32>> = Vec::new();
         names.extend(OUR_FORMATS.iter().map(|f| format!("ours {}", f.name())));
         #[cfg(feature = "candle")]
-        let candle_weights = candle::Weights::new(&w, &x, (m, k, n))?;
+        let candle_weights = candle::Weights::new(&w, &x, (m, k, n), copies)?;
         #[cfg(feature = "candle")]
         names.extend(candle::NAMES.iter().map(|s| s.to_string()));
         outs.resize(names.len(), vec![0f32; m * n]);
@@ -405,19 +449,23 @@ fn worker(threads: usize, opts: &Options) -> anyhow::Result<Vec<Row>> {
             let mut kernels: Vec<Kernel<'_>> = Vec::new();
             for transposed in [false, true] {
                 let out = outs_iter.next().expect("one output per kernel");
-                let w = if transposed { &w_t } else { &w };
+                let ws = if transposed { &w_t_copies } else { &w_copies };
                 let x = &x;
+                let mut turn = 0;
                 kernels.push(Box::new(move || {
-                    gemm_f32(x, w, transposed, (m, k, n), out, threads);
+                    turn += 1;
+                    gemm_f32(x, &ws[turn % ws.len()], transposed, (m, k, n), out, threads);
                     black_box(&out);
                     Ok(())
                 }));
             }
-            for wq in &weights {
+            for wqs in &weights {
                 let out = outs_iter.next().expect("one output per kernel");
                 let x = &x;
+                let mut turn = 0;
                 kernels.push(Box::new(move || {
-                    matmul(x, m, wq, out, Parallelism::Rayon)?;
+                    turn += 1;
+                    matmul(x, m, &wqs[turn % wqs.len()], out, Parallelism::Rayon)?;
                     black_box(&out);
                     Ok(())
                 }));
@@ -426,9 +474,20 @@ fn worker(threads: usize, opts: &Options) -> anyhow::Result<Vec<Row>> {
             for i in 0..candle::NAMES.len() {
                 let out = outs_iter.next().expect("one output per kernel");
                 let cw = &candle_weights;
-                kernels.push(Box::new(move || cw.forward(i, out)));
+                let mut turn = 0;
+                kernels.push(Box::new(move || {
+                    turn += 1;
+                    cw.forward(i, turn, out)
+                }));
             }
-            measure(&pool, &mut kernels, budget, min_rounds, max_rounds)?
+            measure(
+                &pool,
+                &mut kernels,
+                most_copies,
+                budget,
+                min_rounds,
+                max_rounds,
+            )?
         };
         let baseline = median(&samples[0]).min(median(&samples[1]));
         let flops = 2.0 * (m * k * n) as f64;
@@ -572,7 +631,7 @@ fn throughput(
             let mut state = candle::Throughput::new(x);
             push!(*name, move || state.run(i));
         }
-        measure(pool, &mut kernels, budget, min_rounds, max_rounds)?
+        measure(pool, &mut kernels, 1, budget, min_rounds, max_rounds)?
     };
     let bytes = (n * 4 * reps) as f64;
     let medians: Vec<f64> = samples.iter().map(|s| median(s)).collect();
@@ -603,6 +662,7 @@ mod candle {
     //! candle-core's quantized matmul and quantization, for comparison.
 
     use anyhow::Context as _;
+    use candle_core::quantized::ggml_file::qtensor_from_ggml;
     use candle_core::quantized::k_quants::{BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ8_0, GgmlType};
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
@@ -610,16 +670,19 @@ mod candle {
     pub(super) const NAMES: [&str; 3] = ["candle q8_0", "candle q4_0", "candle q4_k"];
     const DTYPES: [GgmlDType; 3] = [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4K];
 
+    /// Each format's weights, in as many copies as asked for.
     pub(super) struct Weights {
-        mms: Vec<QMatMul>,
+        mms: Vec<Vec<QMatMul>>,
         x: Tensor,
     }
 
     impl Weights {
+        /// `copies(bytes)` says how many copies a format whose weights take `bytes` gets.
         pub(super) fn new(
             w: &[f32],
             x: &[f32],
             (m, k, n): (usize, usize, usize),
+            copies: impl Fn(usize) -> usize,
         ) -> anyhow::Result<Self> {
             let dev = Device::Cpu;
             let wt = Tensor::from_slice(w, (n, k), &dev)?;
@@ -627,7 +690,14 @@ mod candle {
                 .iter()
                 .map(|&d| {
                     let q = QTensor::quantize(&wt, d)?;
-                    QMatMul::from_qtensor(q)
+                    let bytes = q.data()?.into_owned();
+                    // Deep copies: cloning a QMatMul would share its storage.
+                    (0..copies(bytes.len()))
+                        .map(|_| {
+                            let q = qtensor_from_ggml(d, &bytes, vec![n, k], &dev)?;
+                            QMatMul::from_qtensor(q)
+                        })
+                        .collect::<candle_core::Result<Vec<_>>>()
                 })
                 .collect::<candle_core::Result<Vec<_>>>()?;
             Ok(Self {
@@ -636,8 +706,10 @@ mod candle {
             })
         }
 
-        pub(super) fn forward(&self, i: usize, out: &mut [f32]) -> anyhow::Result<()> {
-            let y = self.mms[i].forward(&self.x)?;
+        /// Format `i`'s product with the input, using copy `turn` (modulo the copies).
+        pub(super) fn forward(&self, i: usize, turn: usize, out: &mut [f32]) -> anyhow::Result<()> {
+            let copies = &self.mms[i];
+            let y = copies[turn % copies.len()].forward(&self.x)?;
             let y = y.flatten_all()?.to_vec1::<f32>()?;
             if y.len() != out.len() {
                 anyhow::bail!("candle returned {} values, expected {}", y.len(), out.len());
