@@ -1,8 +1,10 @@
 //! Project tasks, run as `cargo xtask <task>`: the commands a person would otherwise type by hand.
 //!
 //! - `cargo xtask ci`: what CI runs (`.ci/run` without its package installs).
-//! - `cargo xtask bench kernels [--candle] [--quick] [--json FILE]`: kernel speed against the `gemm`
-//!   crate's f32 matmul (and candle's quantized matmul with `--candle`), as ratios measured in one run.
+//! - `cargo xtask bench kernels [--candle] [--quick] [--cold] [--json FILE] [--threads 1,2]
+//!   [--shapes MxKxN,...] [--no-throughput]`: kernel speed against the `gemm` crate's f32 matmul
+//!   (and candle's quantized matmul with `--candle`), as ratios measured in one run; `--cold` reads
+//!   every kernel's weights from memory rather than cache.
 //! - `cargo xtask bench schedule`: schedule generation and planning (criterion).
 
 use std::path::{Path, PathBuf};
@@ -12,7 +14,8 @@ use anyhow::{Context, bail};
 
 const USAGE: &str = "usage:
   cargo xtask ci
-  cargo xtask bench kernels [--candle] [--quick] [--json FILE]
+  cargo xtask bench kernels [--candle] [--quick] [--cold] [--json FILE] [--threads 1,2]
+                            [--shapes MxKxN,...] [--no-throughput]
   cargo xtask bench schedule [criterion args]";
 
 fn main() -> anyhow::Result<()> {
