@@ -54,8 +54,9 @@ pub(crate) struct RunArgs {
     /// Most distinct precisions the calibrated schedule may use (each is a resident weight copy).
     #[arg(long, default_value_t = 2)]
     max_resident: usize,
-    /// Times each schedule runs, round-robin; its time is the median (the first pass also warms
-    /// caches and the clock, and alternating spreads the machine's noise over every row).
+    /// Times each schedule (and each calibration check) runs, round-robin; its time is the median
+    /// (the first pass also warms caches and the clock, and alternating spreads the machine's
+    /// noise over every row).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
     /// Seed of the initial noise (calibration and held-out batches use seed+1 and seed+2).
@@ -443,31 +444,29 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
             &RunPlan::uniform("fp32", Precision::FP32, steps),
         );
         let mut checks = Vec::new();
+        let fp32_plan = RunPlan::uniform("fp32", Precision::FP32, steps);
+        let check_plans = [&fp32_plan, &calibrated, &best_plan];
         for (label, xs) in [("calibration", &xc), ("held-out", &xh)] {
-            let reference = exec.run(
-                &mut model,
-                &RunPlan::uniform("fp32", Precision::FP32, steps),
-                xs,
-                cb,
-                |_| {},
-            )?;
-            checks.push(CheckRow {
-                name: "fp32".into(),
-                batch: label.into(),
-                seconds: reference.compute_s,
-                predicted_speedup: 1.0,
-                psnr_db: None,
-                mse: 0.0,
-                mode_agreement: 1.0,
-            });
-            for plan in [&calibrated, &best_plan] {
-                let name = plan.name.as_str();
-                let rec = exec.run(&mut model, plan, xs, cb, |_| {})?;
-                let q = quality(&model, &reference.samples, &rec.samples, cb)?;
+            // Round-robin repeats, as for the main runs: the time is the median.
+            let mut recs: Vec<RunRecord> = Vec::new();
+            let mut times: Vec<Vec<f64>> = vec![Vec::new(); check_plans.len()];
+            for round in 0..args.repeats {
+                for (plan, plan_times) in check_plans.iter().zip(&mut times) {
+                    let rec = exec.run(&mut model, plan, xs, cb, |_| {})?;
+                    plan_times.push(rec.compute_s);
+                    if round == 0 {
+                        recs.push(rec);
+                    }
+                }
+            }
+            let reference = &recs[0].samples;
+            for ((plan, rec), plan_times) in check_plans.iter().zip(&recs).zip(&mut times) {
+                plan_times.sort_by(f64::total_cmp);
+                let q = quality(&model, reference, &rec.samples, cb)?;
                 checks.push(CheckRow {
-                    name: name.to_owned(),
+                    name: plan.name.clone(),
                     batch: label.into(),
-                    seconds: rec.compute_s,
+                    seconds: plan_times[plan_times.len() / 2],
                     predicted_speedup: fp32_cal_pred / predict_with(&per_step_cal, plan),
                     psnr_db: json_psnr(q.psnr_db),
                     mse: q.mse,
