@@ -2,15 +2,19 @@
 //!
 //! - **Q8_0, Q4_0, Q4_1 weights** (W8A8 / W4A8, as ggml): each call quantizes the activation rows
 //!   to Q8_0 blocks once, then every 32-value block product runs in integer arithmetic and is
-//!   scaled by `d_w * d_x` in f32 (Q4_1 adds `m_w * d_x * Σq_x`). On x86_64 with AVX2 a blocked
-//!   micro-kernel computes 4 activation rows x up to 4 weight rows per pass, reusing every load;
-//!   on aarch64 NEON (with `sdot` when present) runs a row kernel.
+//!   scaled by `d_w * d_x` in f32 (Q4_1 adds `m_w * d_x * Σq_x`). On x86_64 with AVX2, from two
+//!   activation rows on, each task repacks its weight rows eight at a time (values transposed
+//!   so that one vector holds four consecutive values of all eight rows) and a blocked
+//!   micro-kernel computes up to 6 activation rows x 8 weight rows per pass, lane-wise with no
+//!   horizontal reductions; a single activation row runs a row kernel on the weights in place.
+//!   On aarch64 NEON (with `sdot` when present) runs a row kernel.
 //! - **F16 and BF16 weights**: converted to f32 on the fly; a streaming kernel for few activation
 //!   rows, and for many rows a converted f32 panel per tile handed to the `gemm` crate.
 //! - **F32 weights**: the `gemm` crate.
 //!
 //! Work is split by [`Parallelism`] over tiles of weight rows (and of activation rows when there
-//! are few weight rows); inner kernels are single-threaded. [`matmul_scalar`] is the portable
+//! are few weight rows); inner kernels are single-threaded, and each task writes its tile of
+//! `out` itself. [`matmul_scalar`] is the portable
 //! oracle: the SIMD paths match it within `1e-5` of `Σ|x·w|` (the order of f32 additions
 //! differs), and `HAAGENTI_FORCE_SCALAR=1` makes [`matmul`] use it (split by rayon all the same).
 
@@ -216,16 +220,6 @@ fn epilogue_zero(out: &mut [f32], beta: f32) {
     }
 }
 
-/// `o = beta * o + alpha * r`; `o` is not read when `beta == 0`.
-#[inline]
-fn epilogue(o: &mut f32, r: f32, alpha: f32, beta: f32) {
-    *o = if beta == 0.0 {
-        alpha * r
-    } else {
-        beta * *o + alpha * r
-    };
-}
-
 /// One unit of parallel work: weight rows `n0..n1` against activation row groups `g0..g1`.
 #[derive(Clone, Copy, Debug)]
 struct Task {
@@ -275,8 +269,138 @@ fn threads(par: Parallelism) -> usize {
     }
 }
 
-/// Runs `tasks`, each producing a dense `[rows(task) x (n1 - n0)]` block of results whose first
-/// row is activation row `row0(task)`, then writes them into `out` through the epilogue.
+/// The rectangle of `out` one task owns: rows `row0..row0 + rows` and columns
+/// `col0..col0 + cols` of the row-major `m x n` output. Writes go through the epilogue
+/// (`o = beta * o + alpha * v`). Only [`run_tiles`] makes these, one per task, for disjoint
+/// rectangles inside `out`; the raw pointer keeps a tile on the thread that runs its task.
+pub(crate) struct TileOut {
+    /// Start of `out`.
+    ptr: *mut f32,
+    /// Row length of `out`.
+    n: usize,
+    /// First row of the tile.
+    row0: usize,
+    /// Rows in the tile.
+    rows: usize,
+    /// First column of the tile.
+    col0: usize,
+    /// Columns in the tile.
+    cols: usize,
+    /// The epilogue's `alpha`.
+    alpha: f32,
+    /// The epilogue's `beta`.
+    beta: f32,
+}
+
+impl TileOut {
+    /// Rows in the tile.
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns in the tile.
+    pub(crate) fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Writes `vals` to tile row `r` from tile column `c` on, through the epilogue.
+    ///
+    /// # Panics
+    ///
+    /// When the values would leave the tile (a bug in the caller, never bad input).
+    #[inline]
+    pub(crate) fn write(&mut self, r: usize, c: usize, vals: &[f32]) {
+        assert!(
+            r < self.rows && c + vals.len() <= self.cols,
+            "TileOut::write outside the tile"
+        );
+        let at = (self.row0 + r) * self.n + self.col0 + c;
+        // SAFETY: `run_tiles` checked that the whole tile lies inside `out`, which it borrows
+        // exclusively, and the check above keeps these `vals.len()` elements inside the tile;
+        // tiles of different tasks are disjoint and a `TileOut` never leaves its task's thread
+        // (it is neither `Send` nor `Sync`), so nothing else reads or writes them meanwhile.
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), vals.len()) };
+        let (alpha, beta) = (self.alpha, self.beta);
+        // The epilogue with its branch hoisted, eight values at a time in fixed-size arrays so
+        // that they become vector loads and stores (kernels write 8 columns at a time, rows
+        // apart: scalar stores there stall on the store buffer).
+        let (d8, d_rest) = dst.as_chunks_mut::<8>();
+        let (v8, v_rest) = vals.as_chunks::<8>();
+        for (o, v) in d8.iter_mut().zip(v8) {
+            *o = if beta == 0.0 {
+                v.map(|v| alpha * v)
+            } else {
+                std::array::from_fn(|i| beta * o[i] + alpha * v[i])
+            };
+        }
+        for (o, &v) in d_rest.iter_mut().zip(v_rest) {
+            *o = if beta == 0.0 {
+                alpha * v
+            } else {
+                beta * *o + alpha * v
+            };
+        }
+    }
+}
+
+/// The start of `out`, shared by the tasks of [`run_tiles`].
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+// SAFETY: only `run_tiles` makes a `SharedOut`, and only to build each task's `TileOut` over
+// a disjoint rectangle of the `out` it borrows exclusively; see `TileOut::write`.
+unsafe impl Send for SharedOut {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for SharedOut {}
+
+/// Runs `tasks`, each writing the rectangle of `out` it covers (activation rows
+/// `rows(task)` = `(first, count)`, columns `n0..n1`) through a [`TileOut`], on the thread that
+/// computes it.
+///
+/// The tasks must cover disjoint rectangles (as [`plan_tasks`] makes them); a task outside
+/// `out` panics rather than writes.
+#[allow(clippy::too_many_arguments)] // reason: plain data passed straight through
+fn run_tiles<F, R>(
+    tasks: &[Task],
+    n: usize,
+    out: &mut [f32],
+    alpha: f32,
+    beta: f32,
+    par: Parallelism,
+    rows: R,
+    compute: F,
+) where
+    F: Fn(&Task, &mut TileOut) + Sync,
+    R: Fn(&Task) -> (usize, usize) + Sync,
+{
+    let (shared, len) = (SharedOut(out.as_mut_ptr()), out.len());
+    // A reference, so that closures capture the `Sync` wrapper rather than its pointer.
+    let shared = &shared;
+    let one = |t: &Task| {
+        let (row0, count) = rows(t);
+        assert!(
+            t.n0 <= t.n1 && t.n1 <= n && (row0 + count) * n <= len,
+            "run_tiles: task outside out"
+        );
+        let mut tile = TileOut {
+            ptr: shared.0,
+            n,
+            row0,
+            rows: count,
+            col0: t.n0,
+            cols: t.n1 - t.n0,
+            alpha,
+            beta,
+        };
+        compute(t, &mut tile);
+    };
+    match par {
+        Parallelism::Rayon if tasks.len() > 1 => tasks.par_iter().for_each(one),
+        _ => tasks.iter().for_each(one),
+    }
+}
+
+/// [`run_tiles`] for kernels that fill a dense `[rows(task) x (n1 - n0)]` buffer per task.
 #[allow(clippy::too_many_arguments)] // reason: plain data passed straight through
 fn run_tasks<F, R>(
     tasks: &[Task],
@@ -291,26 +415,14 @@ fn run_tasks<F, R>(
     F: Fn(&Task, &mut [f32]) + Sync,
     R: Fn(&Task) -> (usize, usize) + Sync,
 {
-    let one = |t: &Task| {
-        let (_, count) = rows(t);
-        let mut buf = vec![0.0f32; count * (t.n1 - t.n0)];
+    run_tiles(tasks, n, out, alpha, beta, par, rows, |t, tile| {
+        let nc = tile.cols();
+        let mut buf = vec![0.0f32; tile.rows() * nc];
         compute(t, &mut buf);
-        buf
-    };
-    let results: Vec<Vec<f32>> = match par {
-        Parallelism::Rayon if tasks.len() > 1 => tasks.par_iter().map(one).collect(),
-        _ => tasks.iter().map(one).collect(),
-    };
-    for (t, buf) in tasks.iter().zip(&results) {
-        let (row0, count) = rows(t);
-        let nc = t.n1 - t.n0;
-        for r in 0..count {
-            let dst = &mut out[(row0 + r) * n + t.n0..(row0 + r) * n + t.n1];
-            for (o, &v) in dst.iter_mut().zip(&buf[r * nc..(r + 1) * nc]) {
-                epilogue(o, v, alpha, beta);
-            }
+        for (r, src) in buf.chunks_exact(nc.max(1)).enumerate() {
+            tile.write(r, 0, src);
         }
-    }
+    });
 }
 
 /// F32 weights through the `gemm` crate: `out = beta * out + alpha * x · wᵀ`.
@@ -389,7 +501,9 @@ mod x86 {
     //! The AVX2 driver: tiling and task split around the kernels of `arch::x86_64::matmul_avx2`.
 
     use super::pack::PackedX;
-    use super::{Parallelism, Shape, Task, f32_weights, gemm_f32, plan_tasks, run_tasks, threads};
+    use super::{
+        Parallelism, Shape, Task, f32_weights, gemm_f32, plan_tasks, run_tasks, run_tiles, threads,
+    };
     use crate::arch::x86_64::matmul_avx2 as k;
     use crate::dispatch::Avx2;
     use crate::error::Result;
@@ -453,13 +567,27 @@ mod x86 {
                 }
             }
             f @ (Format::Q8_0 | Format::Q4_0 | Format::Q4_1) => {
-                let packed = PackedX::new(x, s.m, s.k, true);
-                let groups = packed.groups();
-                let tasks = plan_tasks(s.n, groups, NC_Q, 4, th);
-                let rows = |task: &Task| packed.rows_of(task.g0, task.g1);
-                run_tasks(&tasks, s.n, out, alpha, beta, par, rows, |task, buf| {
+                let packed = PackedX::new(x, s.m, s.k, par);
+                // Row groups of the kernel's pass size, so tasks split rows between passes.
+                let mr = k::rows_per_pass(s.m);
+                let tasks = plan_tasks(s.n, s.m.div_ceil(mr), NC_Q, 8, th);
+                let rows = |task: &Task| {
+                    let r0 = task.g0 * mr;
+                    (r0, (task.g1 * mr).min(s.m) - r0)
+                };
+                run_tiles(&tasks, s.n, out, alpha, beta, par, rows, |task, tile| {
+                    let (r0, count) = rows(task);
                     k::quant_task(
-                        t, f, bytes, s, &packed, task.n0, task.n1, task.g0, task.g1, buf,
+                        t,
+                        f,
+                        bytes,
+                        s,
+                        &packed,
+                        task.n0,
+                        task.n1,
+                        r0,
+                        r0 + count,
+                        tile,
                     );
                 });
             }
@@ -505,7 +633,7 @@ mod aarch64 {
                 super::scalar::matmul_par(x, s, w, out, alpha, beta, par)?;
             }
             f @ (Format::Q8_0 | Format::Q4_0 | Format::Q4_1) => {
-                let packed = PackedX::new(x, s.m, s.k, false);
+                let packed = PackedX::new(x, s.m, s.k, par);
                 let groups = packed.groups();
                 let tasks = plan_tasks(s.n, groups, NC, 4, th);
                 let rows = |task: &Task| packed.rows_of(task.g0, task.g1);

@@ -1,27 +1,14 @@
 //! Activation rows quantized to Q8_0 once per call and laid out for the SIMD kernels.
 
+use rayon::prelude::*;
+
+use super::Parallelism;
 use crate::blocks::{BlockQ8_0, QK};
 
-/// One 32-value block of four activation rows, as the 4-row micro-kernels read it.
-#[derive(Clone, Copy, Debug, Default)]
-#[repr(C, align(32))]
-pub(crate) struct TileBlock {
-    /// Quantized values of rows 0..4.
-    pub(crate) qs: [[i8; QK]; 4],
-    /// `8 * Σ q` over values 0..16 of row `j` in lane `j`, over values 16..32 in lane `4 + j`:
-    /// the offset Q4_0's `q - 8` takes off each half-block sum.
-    pub(crate) c: [i32; 8],
-    /// `d * Σ q` of row `j` in lane `j` (what Q4_1's minimum multiplies); lanes 4..8 zero.
-    pub(crate) s: [f32; 8],
-    /// Scales of rows 0..4, as f32.
-    pub(crate) d: [f32; 4],
-    /// Keeps the size a multiple of 32 bytes.
-    pub(crate) pad: [f32; 4],
-}
-
-const _: () = assert!(size_of::<TileBlock>() == 224);
-
-/// One 32-value block of one activation row, for the row kernels.
+/// One 32-value block of one activation row, as the SIMD kernels read it.
+///
+/// The AVX2 strip kernel broadcasts `qs` four bytes at a time and reads the per-block terms
+/// below once per block; the row kernels (AVX2 and NEON) load `qs` whole.
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C, align(16))]
 pub(crate) struct RowBlock {
@@ -29,113 +16,91 @@ pub(crate) struct RowBlock {
     pub(crate) qs: [i8; QK],
     /// Scale, as f32.
     pub(crate) d: f32,
-    /// `d * Σ q`.
+    /// `d * Σ q` (what Q4_1's minimum multiplies).
     pub(crate) s: f32,
     /// `Σ q`.
     pub(crate) sum: i32,
-    /// Keeps the size a multiple of 16 bytes.
-    pub(crate) pad: i32,
+    /// `8 * Σ q`: the offset Q4_0's `q - 8` takes off a block sum.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // reason: only AVX2 reads it
+    pub(crate) sum8: i32,
 }
 
 const _: () = assert!(size_of::<RowBlock>() == 48);
 
-/// The activation rows of one call, quantized to Q8_0: full groups of four rows as
-/// [`TileBlock`]s, the remaining rows (or all rows, without tiles) as [`RowBlock`]s.
+/// The activation rows of one call, quantized to Q8_0, as [`RowBlock`]s row after row.
 ///
-/// Row groups are numbered tiles first (group `g < ntiles` is rows `4g..4g + 4`), then one group
-/// per remaining row.
+/// Work is split over row groups; here a group is one row (kernels that take several rows
+/// per pass group them themselves).
 #[derive(Debug)]
 pub(crate) struct PackedX {
     /// Blocks per row.
     pub(crate) nb: usize,
-    /// Number of four-row tiles.
-    pub(crate) ntiles: usize,
-    /// Number of rows after the tiles.
-    pub(crate) nrest: usize,
-    /// `ntiles * nb` blocks, tile after tile.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // reason: only AVX2 reads tiles
-    pub(crate) tiles: Vec<TileBlock>,
-    /// `nrest * nb` blocks, row after row.
+    /// Number of rows.
+    pub(crate) m: usize,
+    /// `m * nb` blocks, row after row.
     pub(crate) rows: Vec<RowBlock>,
 }
 
 impl PackedX {
-    /// Quantizes the `m x k` rows of `x` (`k` a multiple of 32, `x.len() == m * k`).
-    pub(crate) fn new(x: &[f32], m: usize, k: usize, use_tiles: bool) -> PackedX {
+    /// Quantizes the `m x k` rows of `x` (`k` a multiple of 32, `x.len() == m * k`), rows
+    /// split over threads by `par` when there are many.
+    pub(crate) fn new(x: &[f32], m: usize, k: usize, par: Parallelism) -> PackedX {
         debug_assert!(k.is_multiple_of(QK) && x.len() == m * k);
         let nb = k / QK;
-        let ntiles = if use_tiles { m / 4 } else { 0 };
-        let nrest = m - 4 * ntiles;
-        let mut tiles = vec![TileBlock::default(); ntiles * nb];
-        let mut rows = vec![RowBlock::default(); nrest * nb];
-        let mut q = vec![BlockQ8_0::default(); nb];
-        for (r, xr) in x.chunks_exact(k.max(1)).take(m).enumerate() {
-            crate::quantize::quantize_row_q8_0(xr, &mut q);
-            if r < 4 * ntiles {
-                let (t, j) = (r / 4, r % 4);
-                for (tb, qb) in tiles[t * nb..(t + 1) * nb].iter_mut().zip(&q) {
-                    let d = qb.d.to_f32();
-                    let lo: i32 = qb.qs[..QK / 2].iter().map(|&v| i32::from(v)).sum();
-                    let hi: i32 = qb.qs[QK / 2..].iter().map(|&v| i32::from(v)).sum();
-                    tb.qs[j] = qb.qs;
-                    tb.c[j] = 8 * lo;
-                    tb.c[4 + j] = 8 * hi;
-                    tb.s[j] = d * (lo + hi) as f32;
-                    tb.d[j] = d;
+        let mut rows = vec![RowBlock::default(); m * nb];
+        if nb > 0 {
+            let pack = |(xr, dst): (&[f32], &mut [RowBlock])| {
+                let mut q = [BlockQ8_0::default(); 8];
+                for (xc, dc) in xr.chunks(8 * QK).zip(dst.chunks_mut(8)) {
+                    let q = &mut q[..dc.len()];
+                    crate::quantize::quantize_row_q8_0(xc, q);
+                    for (rb, qb) in dc.iter_mut().zip(q.iter()) {
+                        let d = qb.d.to_f32();
+                        let sum: i32 = qb.qs.iter().map(|&v| i32::from(v)).sum();
+                        *rb = RowBlock {
+                            qs: qb.qs,
+                            d,
+                            s: d * sum as f32,
+                            sum,
+                            sum8: 8 * sum,
+                        };
+                    }
                 }
-            } else {
-                let rr = r - 4 * ntiles;
-                for (rb, qb) in rows[rr * nb..(rr + 1) * nb].iter_mut().zip(&q) {
-                    let d = qb.d.to_f32();
-                    let sum: i32 = qb.qs.iter().map(|&v| i32::from(v)).sum();
-                    *rb = RowBlock {
-                        qs: qb.qs,
-                        d,
-                        s: d * sum as f32,
-                        sum,
-                        pad: 0,
-                    };
-                }
+            };
+            match par {
+                // Worth a split from about 64K values on (the quantizer runs at GB/s).
+                Parallelism::Rayon if m > 1 && m * k >= 1 << 16 => x
+                    .par_chunks_exact(k)
+                    .zip(rows.par_chunks_exact_mut(nb))
+                    .for_each(pack),
+                _ => x
+                    .chunks_exact(k)
+                    .zip(rows.chunks_exact_mut(nb))
+                    .for_each(pack),
             }
         }
-        PackedX {
-            nb,
-            ntiles,
-            nrest,
-            tiles,
-            rows,
-        }
+        PackedX { nb, m, rows }
     }
 
-    /// Number of row groups.
+    /// Number of row groups (one per row).
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))] // reason: the NEON driver's
     pub(crate) fn groups(&self) -> usize {
-        self.ntiles + self.nrest
+        self.m
     }
 
     /// First activation row of group `g` (`g == groups()` gives the row count).
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))] // reason: the NEON driver's
     pub(crate) fn group_row(&self, g: usize) -> usize {
-        if g <= self.ntiles {
-            4 * g
-        } else {
-            4 * self.ntiles + (g - self.ntiles)
-        }
+        g
     }
 
     /// `(first row, row count)` of groups `g0..g1`.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))] // reason: the NEON driver's
     pub(crate) fn rows_of(&self, g0: usize, g1: usize) -> (usize, usize) {
-        let r0 = self.group_row(g0);
-        (r0, self.group_row(g1) - r0)
+        (g0, g1.saturating_sub(g0))
     }
 
-    /// The blocks of tile `t`.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // reason: only AVX2 reads tiles
-    pub(crate) fn tile(&self, t: usize) -> &[TileBlock] {
-        self.tiles
-            .get(t * self.nb..(t + 1) * self.nb)
-            .unwrap_or(&[])
-    }
-
-    /// The blocks of remaining row `r` (0-based after the tiles).
+    /// The blocks of row `r`.
     pub(crate) fn row(&self, r: usize) -> &[RowBlock] {
         self.rows.get(r * self.nb..(r + 1) * self.nb).unwrap_or(&[])
     }
@@ -146,26 +111,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn groups_number_tiles_then_rows() {
+    fn rows_hold_the_quantized_blocks_and_their_sums() {
         let (m, k) = (7, 64);
         let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
-        let p = PackedX::new(&x, m, k, true);
-        assert_eq!((p.ntiles, p.nrest, p.groups()), (1, 3, 4));
-        assert_eq!(p.rows_of(0, 1), (0, 4));
-        assert_eq!(p.rows_of(1, 4), (4, 3));
-        assert_eq!(p.rows_of(0, 4), (0, 7));
-        // Tile sums and row sums agree with the quantized values.
+        let p = PackedX::new(&x, m, k, Parallelism::None);
+        assert_eq!((p.m, p.nb, p.groups()), (7, 2, 7));
+        assert_eq!(p.rows_of(1, 4), (1, 3));
+        assert_eq!(p.group_row(7), 7);
         let mut q = vec![BlockQ8_0::default(); 2];
-        crate::scalar::quantize_row_q8_0(&x[2 * k..3 * k], &mut q);
-        let tb = &p.tile(0)[1];
-        assert_eq!(tb.qs[2], q[1].qs);
-        let lo: i32 = q[1].qs[..16].iter().map(|&v| i32::from(v)).sum();
-        assert_eq!(tb.c[2], 8 * lo);
-        let rb = &p.row(2)[0];
         crate::scalar::quantize_row_q8_0(&x[6 * k..7 * k], &mut q);
-        assert_eq!(rb.qs, q[0].qs);
-        assert_eq!(rb.sum, q[0].qs.iter().map(|&v| i32::from(v)).sum::<i32>());
-        let no_tiles = PackedX::new(&x, m, k, false);
-        assert_eq!((no_tiles.ntiles, no_tiles.nrest), (0, 7));
+        let rb = &p.row(6)[1];
+        assert_eq!(rb.qs, q[1].qs);
+        let sum: i32 = q[1].qs.iter().map(|&v| i32::from(v)).sum();
+        assert_eq!((rb.sum, rb.sum8), (sum, 8 * sum));
+        assert_eq!(rb.d, q[1].d.to_f32());
+        assert_eq!(rb.s, rb.d * sum as f32);
+        assert!(p.row(7).is_empty());
+        let empty = PackedX::new(&[], 3, 0, Parallelism::Rayon);
+        assert_eq!((empty.nb, empty.groups()), (0, 3));
+        assert!(empty.row(0).is_empty());
     }
 }

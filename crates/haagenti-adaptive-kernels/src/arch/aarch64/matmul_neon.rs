@@ -247,11 +247,10 @@ fn quant_task_f<const F: u8, const SDOT: bool>(
         && n1 <= s.n
         && g0 <= g1
         && g1 <= x.groups()
-        && x.ntiles == 0
         && rb == nb * bb
         && bytes.len() >= n1 * rb
         && buf.len() == nrows * nc
-        && x.rows.len() == x.nrest * nb;
+        && x.rows.len() == x.m * nb;
     debug_assert!(consistent, "quant_task: inconsistent lengths");
     if !consistent || nc == 0 || nb == 0 {
         return;
@@ -267,7 +266,7 @@ fn quant_task_f<const F: u8, const SDOT: bool>(
             let dst = &mut buf[out_row * nc + i0..out_row * nc + i0 + nr];
             // SAFETY: the token's holder checked NEON (and dotprod for SDOT). Weight rows
             // n0 + i0 .. + nr lie in `bytes` (checked `bytes.len() >= n1 * rb`, rb = nb * bb),
-            // and row `g` has `nb` blocks (checked `rows.len()`, no tiles).
+            // and row `g` has `nb` blocks (checked `rows.len()`).
             unsafe {
                 match nr {
                     4 => dst.copy_from_slice(&row::<4, F, SDOT>(w, rb, nb, xr)),
