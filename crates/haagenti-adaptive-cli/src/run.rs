@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use haagenti_adaptive::runtime::{
     CostTable, Denoiser, Executor, GmmConfig, GmmModel, Quality, RunPlan, RunRecord, Sampler,
-    SensitivityTable, SplitMix64, gaussian_noise, measure_costs, mse, quality, sensitivity,
-    solve_budget,
+    SensitivityTable, SplitMix64, gaussian_noise, mse, quality, sensitivity, solve_budget,
 };
 use haagenti_adaptive::schedule::noise::{NoiseProfile, NoiseSchedule};
 use haagenti_adaptive::{
@@ -180,16 +179,25 @@ fn preset_plan(preset: ProfilePreset, steps: usize) -> anyhow::Result<RunPlan> {
 
 /// What [`step_costs`] needs besides the model and the batch.
 struct CostArgs<'a> {
-    sigmas: &'a [f64],
-    evals: &'a [usize],
+    exec: &'a Executor,
     seed: u64,
     quiet: bool,
 }
 
-/// Measured seconds of each step (evaluations included) at each precision of
-/// [`Precision::ALL`], on `batch` samples, from a state distributed as at that step (a mixture
-/// sample plus sigma noise): the cost of a call depends on the noise level (sparser softmax
-/// weights late in the run). Every precision must be loaded.
+/// Steps whose cost [`step_costs`] times; the others are interpolated.
+const COST_PROBES: usize = 6;
+/// Rounds of [`step_costs`]: each probe's cost is the median of this many timings.
+const COST_ROUNDS: usize = 3;
+
+/// Measured seconds of each step at each precision of [`Precision::ALL`], on `batch` samples.
+///
+/// A probe is one real sampler step of the executor (every denoiser evaluation of the step, the
+/// sampler's arithmetic) from a state distributed as at that step (a mixture sample plus sigma
+/// noise), timed after an untimed step at the same precision, as a step of a run follows one.
+/// [`COST_PROBES`] steps spread over the run are timed, precisions and probes taking turns in
+/// each of [`COST_ROUNDS`] rounds so that load from other processes falls on all alike; each
+/// probe keeps its median, and the steps between probes get linearly interpolated costs (a
+/// call's cost hardly moves with sigma). Every precision must be loaded.
 fn step_costs(
     model: &mut GmmModel,
     a: &CostArgs<'_>,
@@ -198,31 +206,92 @@ fn step_costs(
     let all = Precision::ALL;
     let config = *model.config();
     let d = config.d;
-    let steps = a.evals.len();
-    let pb = bar(steps, &format!("costs (b={batch})"), a.quiet);
-    let mut per_step: Vec<Vec<f64>> = Vec::with_capacity(steps);
+    let steps = a.exec.steps();
+    let sigmas = a.exec.sigmas();
+    let probes: Vec<usize> = if steps <= COST_PROBES {
+        (0..steps).collect()
+    } else {
+        (0..COST_PROBES)
+            .map(|j| j * (steps - 1) / (COST_PROBES - 1))
+            .collect()
+    };
     let mut pick = SplitMix64::new(a.seed.wrapping_add(3));
     let comps: Vec<usize> = (0..batch)
         .map(|_| pick.below(config.k as u64) as usize)
         .collect();
-    for i in 0..steps {
-        let noise = gaussian_noise(batch, d, a.sigmas[i], a.seed.wrapping_add(4 + i as u64));
-        let xi: Vec<f32> = noise
-            .chunks(d)
-            .zip(&comps)
-            .flat_map(|(n, &c)| {
-                n.iter()
-                    .zip(&model.means()[c * d..(c + 1) * d])
-                    .map(|(a, b)| a + b)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        let c = measure_costs(model, &xi, batch, a.sigmas[i], &all, 3)?;
-        per_step.push(c.seconds.iter().map(|s| s * a.evals[i] as f64).collect());
-        pb.inc(1);
+    let states: Vec<Vec<f32>> = probes
+        .iter()
+        .map(|&i| {
+            let noise = gaussian_noise(batch, d, sigmas[i], a.seed.wrapping_add(4 + i as u64));
+            noise
+                .chunks(d)
+                .zip(&comps)
+                .flat_map(|(n, &c)| {
+                    n.iter()
+                        .zip(&model.means()[c * d..(c + 1) * d])
+                        .map(|(a, b)| a + b)
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        })
+        .collect();
+    let uniform: Vec<Vec<Precision>> = all.iter().map(|&p| vec![p; steps]).collect();
+    let pb = bar(
+        COST_ROUNDS * probes.len(),
+        &format!("costs (b={batch})"),
+        a.quiet,
+    );
+    // times[probe][precision]: one timing a round.
+    let mut times = vec![vec![Vec::with_capacity(COST_ROUNDS); all.len()]; probes.len()];
+    for _ in 0..COST_ROUNDS {
+        for ((&i, state), probe_times) in probes.iter().zip(&states).zip(&mut times) {
+            for (ps, t) in uniform.iter().zip(probe_times.iter_mut()) {
+                let mut x = state.clone();
+                a.exec.advance(model, &mut x, batch, i, i + 1, ps)?;
+                x.copy_from_slice(state);
+                let t0 = std::time::Instant::now();
+                a.exec.advance(model, &mut x, batch, i, i + 1, ps)?;
+                t.push(t0.elapsed().as_secs_f64());
+            }
+            pb.inc(1);
+        }
     }
     pb.finish_and_clear();
-    Ok(per_step)
+    let medians: Vec<Vec<f64>> = times
+        .into_iter()
+        .map(|probe_times| {
+            probe_times
+                .into_iter()
+                .map(|mut t| {
+                    t.sort_by(f64::total_cmp);
+                    t[t.len() / 2]
+                })
+                .collect()
+        })
+        .collect();
+    Ok((0..steps)
+        .map(|i| interpolate(&probes, &medians, i))
+        .collect())
+}
+
+/// The costs at step `i`, linear between the probes around it (`probes` ascending, not empty).
+fn interpolate(probes: &[usize], costs: &[Vec<f64>], i: usize) -> Vec<f64> {
+    let after = probes.partition_point(|&p| p < i).min(probes.len() - 1);
+    let before = if probes[after] <= i || after == 0 {
+        after
+    } else {
+        after - 1
+    };
+    let (p0, p1) = (probes[before], probes[after]);
+    if p0 == p1 {
+        return costs[before].clone();
+    }
+    let f = (i - p0) as f64 / (p1 - p0) as f64;
+    costs[before]
+        .iter()
+        .zip(&costs[after])
+        .map(|(a, b)| a + f * (b - a))
+        .collect()
 }
 
 /// Predicted seconds of `plan` from per-step costs (a blended step pays for both precisions).
@@ -317,16 +386,13 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
     let d = config.d;
     let x0 = gaussian_noise(args.batch, d, SIGMA_MAX, args.seed);
 
-    // Measured cost of one denoiser evaluation at each precision and each step's sigma, on the
-    // full batch, from a state distributed as at that step (a mixture sample plus sigma noise):
-    // the cost of a call depends on the noise level (sparser softmax weights late in the run).
+    // Measured cost of each step at each precision, on the full batch (see `step_costs`).
     let all = Precision::ALL;
     for p in all {
         model.load(p)?;
     }
     let cost_args = CostArgs {
-        sigmas: &sigmas,
-        evals: &evals,
+        exec: &exec,
         seed: args.seed,
         quiet,
     };
@@ -584,4 +650,21 @@ fn claim_text(t: &SensitivityTable) -> String {
         ));
     }
     parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::interpolate;
+
+    #[test]
+    fn interpolation_is_exact_at_probes_and_linear_between() {
+        let probes = [0, 4, 9];
+        let costs = vec![vec![1.0, 10.0], vec![3.0, 10.0], vec![8.0, 0.0]];
+        assert_eq!(interpolate(&probes, &costs, 0), [1.0, 10.0]);
+        assert_eq!(interpolate(&probes, &costs, 4), [3.0, 10.0]);
+        assert_eq!(interpolate(&probes, &costs, 9), [8.0, 0.0]);
+        assert_eq!(interpolate(&probes, &costs, 2), [2.0, 10.0]);
+        assert_eq!(interpolate(&probes, &costs, 6), [5.0, 6.0]);
+        assert_eq!(interpolate(&[3], &[vec![7.0]], 0), [7.0]);
+    }
 }
