@@ -403,13 +403,236 @@ const _: () = assert!(
         && size_of::<RowBlock>() == 48
 );
 
+// Templates of `strip_kernel6`'s assembly, one block of six activation rows against the
+// strip. Each macro expands (through `concat!`) to one string literal of instructions ending
+// in newlines, which `asm!` takes as its template; the arithmetic is `strip_kernel`'s for
+// `MR = 6` (the intrinsics version, to check these against). Template operands:
+// `{q}` the block's eight weight vectors (32 bytes each), `{x0}`/`{x3}` block `b` of
+// activation rows 0 and 3, `{xs}` the byte distance between consecutive rows, `{dv}` (and
+// `{mv}`) the block's scale (and Q4_1 minimum) vector; `{w}` the step's weight vector,
+// `{aw}` its `|w|` (Q8_0), `{i0}`..`{i5}` the rows' integer block sums, `{a0}`..`{a5}` their
+// f32 accumulators, `{t}` a temporary, `{ones}` sixteen i16 ones. Offsets into a `RowBlock`
+// (values 0..32, `d` 32, `s` 36, `sum8` 44) are the ones the compile-time assert above checks.
+
+/// The address of activation row `$j`'s block (plus byte offset `$off`): rows 0..3 from
+/// `{x0}`, rows 3..6 from `{x3}`, each plus 0, 1 or 2 times `{xs}` (an index scales only by
+/// 1, 2, 4 or 8, so rows 3 and 5 could not be reached from one base).
+macro_rules! x_at {
+    (0) => {
+        "{x0}"
+    };
+    (1) => {
+        "{x0} + {xs}"
+    };
+    (2) => {
+        "{x0} + {xs}*2"
+    };
+    (3) => {
+        "{x3}"
+    };
+    (4) => {
+        "{x3} + {xs}"
+    };
+    (5) => {
+        "{x3} + {xs}*2"
+    };
+    ($j:tt + $off:literal) => {
+        concat!(x_at!($j), " + ", $off)
+    };
+}
+
+/// One instruction: the pieces concatenated, ending in a newline.
+macro_rules! ins {
+    ($($piece:expr),+ $(,)?) => {
+        concat!($($piece),+, "\n")
+    };
+}
+
+/// `concat!` of `$m!(j $($arg)*)` for the six rows `j = 0..6`, in order.
+macro_rules! each_row {
+    ($m:ident $($arg:tt)*) => {
+        concat!(
+            $m!(0 $($arg)*),
+            $m!(1 $($arg)*),
+            $m!(2 $($arg)*),
+            $m!(3 $($arg)*),
+            $m!(4 $($arg)*),
+            $m!(5 $($arg)*),
+        )
+    };
+}
+
+/// Q8_0, one step's products for one row into `$d`: the four activation bytes at `$x`
+/// broadcast to every lane, given `w`'s signs (`vpsignb`: `x·sgn(w)`, within -127..=127
+/// since Q8_0 activations are), multiplied by `|w|` (`vpmaddubsw`, `|w| <= 128`: a pair sums
+/// to at most 2 x 128 x 127 = 32512 < 32767, no saturation) and the pairs summed to i32
+/// (`vpmaddwd` with ones): lane `i` = `Σ_{k<4} w[i][4s + k] · x[4s + k]`, as `block_dot`.
+macro_rules! q8_dot {
+    ($d:expr, $x:expr) => {
+        concat!(
+            ins!("vpbroadcastd ", $d, ", dword ptr [", $x, "]"),
+            ins!("vpsignb ", $d, ", ", $d, ", {w}"),
+            ins!("vpmaddubsw ", $d, ", {aw}, ", $d),
+            ins!("vpmaddwd ", $d, ", ", $d, ", {ones}"),
+        )
+    };
+}
+
+/// Q8_0, row `$j` at step 0 (`i_j` = the products of values 0..4) or at the step whose
+/// values start at byte `$off` (`i_j += ` those products; i32, at most 32 x 128 x 127 in all).
+macro_rules! q8_row {
+    ($j:tt) => {
+        q8_dot!(concat!("{i", $j, "}"), x_at!($j))
+    };
+    ($j:tt + $off:literal) => {
+        concat!(
+            q8_dot!("{t}", x_at!($j + $off)),
+            ins!("vpaddd {i", $j, "}, {i", $j, "}, {t}"),
+        )
+    };
+}
+
+/// Q4_x, one step's products for one row into `$d`: the four activation bytes at `$x`
+/// broadcast to every lane and multiplied as signed bytes by the weight nibbles (unsigned,
+/// `0..=15`) with adjacent pairs summed (`vpmaddubsw`): i16 lanes, a pair at most
+/// 2 x 15 x 127 = 3810.
+macro_rules! q4_dot {
+    ($d:expr, $x:expr) => {
+        concat!(
+            ins!("vpbroadcastd ", $d, ", dword ptr [", $x, "]"),
+            ins!("vpmaddubsw ", $d, ", {w}, ", $d),
+        )
+    };
+}
+
+/// Q4_x, row `$j` at step 0 (`i_j` = the pair sums of values 0..4) or at the step whose
+/// values start at byte `$off` (`i_j += ` those, in i16: eight steps add at most
+/// 8 x 3810 = 30480 < 32767 per lane, so the sums stay exact without widening).
+macro_rules! q4_row {
+    ($j:tt) => {
+        q4_dot!(concat!("{i", $j, "}"), x_at!($j))
+    };
+    ($j:tt + $off:literal) => {
+        concat!(
+            q4_dot!("{t}", x_at!($j + $off)),
+            ins!("vpaddw {i", $j, "}, {i", $j, "}, {t}"),
+        )
+    };
+}
+
+/// Step `s` of a block for all six rows (`$row` is `q8_row` or `q4_row`): weight vector `s`
+/// loaded from `{q} + 32s` (and `|w|` for Q8_0), then each row's step at byte `4s` of its
+/// values. Steps `s >= 1` take `32s` and `4s` as literals.
+macro_rules! strip6_step {
+    ($row:ident, 0) => {
+        concat!(
+            ins!("vmovdqa {w}, ymmword ptr [{q} + 0]"),
+            abs_w!($row),
+            each_row!($row),
+        )
+    };
+    ($row:ident, $qoff:literal, $xoff:literal) => {
+        concat!(
+            ins!("vmovdqa {w}, ymmword ptr [{q} + ", $qoff, "]"),
+            abs_w!($row),
+            each_row!($row + $xoff),
+        )
+    };
+}
+
+/// `|w|` into `{aw}` for Q8_0's sign trick; nothing for Q4_x.
+macro_rules! abs_w {
+    (q8_row) => {
+        ins!("vpabsb {aw}, {w}")
+    };
+    (q4_row) => {
+        ""
+    };
+}
+
+/// The eight steps of a block: the six rows' integer sums over its 32 values.
+macro_rules! block_sums {
+    ($row:ident) => {
+        concat!(
+            strip6_step!($row, 0),
+            strip6_step!($row, 32, 4),
+            strip6_step!($row, 64, 8),
+            strip6_step!($row, 96, 12),
+            strip6_step!($row, 128, 16),
+            strip6_step!($row, 160, 20),
+            strip6_step!($row, 192, 24),
+            strip6_step!($row, 224, 28),
+        )
+    };
+}
+
+/// Row `$j`'s block into its accumulator: `a_j += f32(i_j) · (d_w · d_x)`, `d_x` the f32 at
+/// byte 32 of the row's block and `d_w` the scale vector, loaded into `{w}` beforehand (exact
+/// conversion: a block sum is far below 2^24).
+macro_rules! scale_fma {
+    ($j:tt) => {
+        concat!(
+            ins!("vcvtdq2ps {i", $j, "}, {i", $j, "}"),
+            ins!("vbroadcastss {t}, dword ptr [", x_at!($j + 32), "]"),
+            ins!("vmulps {t}, {t}, {w}"),
+            ins!("vfmadd231ps {a", $j, "}, {i", $j, "}, {t}"),
+        )
+    };
+}
+
+/// Q8_0's block end for row `$j`: the i32 sum scaled (see `scale_fma`).
+macro_rules! q8_end {
+    ($j:tt) => {
+        scale_fma!($j)
+    };
+}
+
+/// Q4_0's block end for row `$j`: the i16 pair sums widened (`vpmaddwd` with ones), the
+/// row's `8 Σ q_x` (i32 at byte 44) taken off, as the nibbles are `q + 8`, then scaled.
+macro_rules! q4_0_end {
+    ($j:tt) => {
+        concat!(
+            ins!("vpmaddwd {i", $j, "}, {i", $j, "}, {ones}"),
+            ins!("vpbroadcastd {t}, dword ptr [", x_at!($j + 44), "]"),
+            ins!("vpsubd {i", $j, "}, {i", $j, "}, {t}"),
+            scale_fma!($j),
+        )
+    };
+}
+
+/// Q4_1's block end for row `$j`: the i16 pair sums widened, scaled, and the minimums'
+/// term added: `a_j += m_w · s_x`, `s_x = d_x Σ q_x` the f32 at byte 36, `m_w` at `{mv}`.
+macro_rules! q4_1_end {
+    ($j:tt) => {
+        concat!(
+            ins!("vpmaddwd {i", $j, "}, {i", $j, "}, {ones}"),
+            scale_fma!($j),
+            ins!("vbroadcastss {i", $j, "}, dword ptr [", x_at!($j + 36), "]"),
+            ins!("vfmadd231ps {a", $j, "}, {i", $j, "}, ymmword ptr [{mv}]"),
+        )
+    };
+}
+
+/// A whole block for six rows: the integer sums (`$row`), the scale vector into `{w}`, and
+/// each row's end (`$end`).
+macro_rules! strip6_block {
+    ($row:ident, $end:ident) => {
+        concat!(
+            block_sums!($row),
+            ins!("vmovaps {w}, ymmword ptr [{dv}]"),
+            each_row!($end),
+        )
+    };
+}
+
 /// [`strip_kernel`] for six activation rows (the full pass), with the block body written out
 /// in assembly: the same arithmetic, but each weight vector loaded at its step and used by
 /// the six rows in turn, so that the six block sums, the six f32 accumulators, the weight
 /// vector (and `|w|` for Q8_0), a temporary and the `madd` ones fit the 16 vector registers
 /// without spills. (Compiled from intrinsics, LLVM hoists all eight weight loads of a block
 /// and spills accumulators: 214 instructions a block against 189 here for Q4_0, and 28%
-/// slower on `q4_0 256x1024x1024`.)
+/// slower on `q4_0 256x1024x1024`.) The assembly of a block is `strip6_block!`'s template
+/// (see the macros above), one per weight format.
 ///
 /// # Safety
 ///
@@ -438,281 +661,7 @@ unsafe fn strip_kernel6<const F: u8>(
             let x3 = x.add(3 * xs + b);
             if F == Q8_0 {
                 std::arch::asm!(
-                "vmovdqa {w}, ymmword ptr [{q} + 0]",
-                "vpabsb {aw}, {w}",
-                "vpbroadcastd {i0}, dword ptr [{x0}]",
-                "vpsignb {i0}, {i0}, {w}",
-                "vpmaddubsw {i0}, {aw}, {i0}",
-                "vpmaddwd {i0}, {i0}, {ones}",
-                "vpbroadcastd {i1}, dword ptr [{x0} + {xs}]",
-                "vpsignb {i1}, {i1}, {w}",
-                "vpmaddubsw {i1}, {aw}, {i1}",
-                "vpmaddwd {i1}, {i1}, {ones}",
-                "vpbroadcastd {i2}, dword ptr [{x0} + {xs}*2]",
-                "vpsignb {i2}, {i2}, {w}",
-                "vpmaddubsw {i2}, {aw}, {i2}",
-                "vpmaddwd {i2}, {i2}, {ones}",
-                "vpbroadcastd {i3}, dword ptr [{x3}]",
-                "vpsignb {i3}, {i3}, {w}",
-                "vpmaddubsw {i3}, {aw}, {i3}",
-                "vpmaddwd {i3}, {i3}, {ones}",
-                "vpbroadcastd {i4}, dword ptr [{x3} + {xs}]",
-                "vpsignb {i4}, {i4}, {w}",
-                "vpmaddubsw {i4}, {aw}, {i4}",
-                "vpmaddwd {i4}, {i4}, {ones}",
-                "vpbroadcastd {i5}, dword ptr [{x3} + {xs}*2]",
-                "vpsignb {i5}, {i5}, {w}",
-                "vpmaddubsw {i5}, {aw}, {i5}",
-                "vpmaddwd {i5}, {i5}, {ones}",
-                "vmovdqa {w}, ymmword ptr [{q} + 32]",
-                "vpabsb {aw}, {w}",
-                "vpbroadcastd {t}, dword ptr [{x0} + 4]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i0}, {i0}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs} + 4]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i1}, {i1}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs}*2 + 4]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i2}, {i2}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + 4]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i3}, {i3}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs} + 4]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i4}, {i4}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs}*2 + 4]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i5}, {i5}, {t}",
-                "vmovdqa {w}, ymmword ptr [{q} + 64]",
-                "vpabsb {aw}, {w}",
-                "vpbroadcastd {t}, dword ptr [{x0} + 8]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i0}, {i0}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs} + 8]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i1}, {i1}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs}*2 + 8]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i2}, {i2}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + 8]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i3}, {i3}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs} + 8]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i4}, {i4}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs}*2 + 8]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i5}, {i5}, {t}",
-                "vmovdqa {w}, ymmword ptr [{q} + 96]",
-                "vpabsb {aw}, {w}",
-                "vpbroadcastd {t}, dword ptr [{x0} + 12]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i0}, {i0}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs} + 12]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i1}, {i1}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs}*2 + 12]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i2}, {i2}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + 12]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i3}, {i3}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs} + 12]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i4}, {i4}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs}*2 + 12]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i5}, {i5}, {t}",
-                "vmovdqa {w}, ymmword ptr [{q} + 128]",
-                "vpabsb {aw}, {w}",
-                "vpbroadcastd {t}, dword ptr [{x0} + 16]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i0}, {i0}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs} + 16]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i1}, {i1}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs}*2 + 16]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i2}, {i2}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + 16]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i3}, {i3}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs} + 16]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i4}, {i4}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs}*2 + 16]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i5}, {i5}, {t}",
-                "vmovdqa {w}, ymmword ptr [{q} + 160]",
-                "vpabsb {aw}, {w}",
-                "vpbroadcastd {t}, dword ptr [{x0} + 20]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i0}, {i0}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs} + 20]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i1}, {i1}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs}*2 + 20]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i2}, {i2}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + 20]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i3}, {i3}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs} + 20]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i4}, {i4}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs}*2 + 20]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i5}, {i5}, {t}",
-                "vmovdqa {w}, ymmword ptr [{q} + 192]",
-                "vpabsb {aw}, {w}",
-                "vpbroadcastd {t}, dword ptr [{x0} + 24]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i0}, {i0}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs} + 24]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i1}, {i1}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs}*2 + 24]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i2}, {i2}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + 24]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i3}, {i3}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs} + 24]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i4}, {i4}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs}*2 + 24]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i5}, {i5}, {t}",
-                "vmovdqa {w}, ymmword ptr [{q} + 224]",
-                "vpabsb {aw}, {w}",
-                "vpbroadcastd {t}, dword ptr [{x0} + 28]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i0}, {i0}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs} + 28]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i1}, {i1}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs}*2 + 28]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i2}, {i2}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + 28]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i3}, {i3}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs} + 28]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i4}, {i4}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs}*2 + 28]",
-                "vpsignb {t}, {t}, {w}",
-                "vpmaddubsw {t}, {aw}, {t}",
-                "vpmaddwd {t}, {t}, {ones}",
-                "vpaddd {i5}, {i5}, {t}",
-                "vmovaps {w}, ymmword ptr [{dv}]",
-                "vcvtdq2ps {i0}, {i0}",
-                "vbroadcastss {t}, dword ptr [{x0} + 32]",
-                "vmulps {t}, {t}, {w}",
-                "vfmadd231ps {a0}, {i0}, {t}",
-                "vcvtdq2ps {i1}, {i1}",
-                "vbroadcastss {t}, dword ptr [{x0} + {xs} + 32]",
-                "vmulps {t}, {t}, {w}",
-                "vfmadd231ps {a1}, {i1}, {t}",
-                "vcvtdq2ps {i2}, {i2}",
-                "vbroadcastss {t}, dword ptr [{x0} + {xs}*2 + 32]",
-                "vmulps {t}, {t}, {w}",
-                "vfmadd231ps {a2}, {i2}, {t}",
-                "vcvtdq2ps {i3}, {i3}",
-                "vbroadcastss {t}, dword ptr [{x3} + 32]",
-                "vmulps {t}, {t}, {w}",
-                "vfmadd231ps {a3}, {i3}, {t}",
-                "vcvtdq2ps {i4}, {i4}",
-                "vbroadcastss {t}, dword ptr [{x3} + {xs} + 32]",
-                "vmulps {t}, {t}, {w}",
-                "vfmadd231ps {a4}, {i4}, {t}",
-                "vcvtdq2ps {i5}, {i5}",
-                "vbroadcastss {t}, dword ptr [{x3} + {xs}*2 + 32]",
-                "vmulps {t}, {t}, {w}",
-                "vfmadd231ps {a5}, {i5}, {t}",
+                strip6_block!(q8_row, q8_end),
                 q = in(reg) q,
                 x0 = in(reg) x0,
                 x3 = in(reg) x3,
@@ -738,195 +687,7 @@ unsafe fn strip_kernel6<const F: u8>(
                 );
             } else if F == Q4_0 {
                 std::arch::asm!(
-                "vmovdqa {w}, ymmword ptr [{q} + 0]",
-                "vpbroadcastd {i0}, dword ptr [{x0}]",
-                "vpmaddubsw {i0}, {w}, {i0}",
-                "vpbroadcastd {i1}, dword ptr [{x0} + {xs}]",
-                "vpmaddubsw {i1}, {w}, {i1}",
-                "vpbroadcastd {i2}, dword ptr [{x0} + {xs}*2]",
-                "vpmaddubsw {i2}, {w}, {i2}",
-                "vpbroadcastd {i3}, dword ptr [{x3}]",
-                "vpmaddubsw {i3}, {w}, {i3}",
-                "vpbroadcastd {i4}, dword ptr [{x3} + {xs}]",
-                "vpmaddubsw {i4}, {w}, {i4}",
-                "vpbroadcastd {i5}, dword ptr [{x3} + {xs}*2]",
-                "vpmaddubsw {i5}, {w}, {i5}",
-                "vmovdqa {w}, ymmword ptr [{q} + 32]",
-                "vpbroadcastd {t}, dword ptr [{x0} + 4]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i0}, {i0}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs} + 4]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i1}, {i1}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs}*2 + 4]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i2}, {i2}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + 4]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i3}, {i3}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs} + 4]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i4}, {i4}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs}*2 + 4]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i5}, {i5}, {t}",
-                "vmovdqa {w}, ymmword ptr [{q} + 64]",
-                "vpbroadcastd {t}, dword ptr [{x0} + 8]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i0}, {i0}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs} + 8]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i1}, {i1}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs}*2 + 8]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i2}, {i2}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + 8]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i3}, {i3}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs} + 8]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i4}, {i4}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs}*2 + 8]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i5}, {i5}, {t}",
-                "vmovdqa {w}, ymmword ptr [{q} + 96]",
-                "vpbroadcastd {t}, dword ptr [{x0} + 12]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i0}, {i0}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs} + 12]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i1}, {i1}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs}*2 + 12]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i2}, {i2}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + 12]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i3}, {i3}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs} + 12]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i4}, {i4}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs}*2 + 12]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i5}, {i5}, {t}",
-                "vmovdqa {w}, ymmword ptr [{q} + 128]",
-                "vpbroadcastd {t}, dword ptr [{x0} + 16]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i0}, {i0}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs} + 16]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i1}, {i1}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs}*2 + 16]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i2}, {i2}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + 16]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i3}, {i3}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs} + 16]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i4}, {i4}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs}*2 + 16]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i5}, {i5}, {t}",
-                "vmovdqa {w}, ymmword ptr [{q} + 160]",
-                "vpbroadcastd {t}, dword ptr [{x0} + 20]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i0}, {i0}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs} + 20]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i1}, {i1}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs}*2 + 20]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i2}, {i2}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + 20]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i3}, {i3}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs} + 20]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i4}, {i4}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs}*2 + 20]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i5}, {i5}, {t}",
-                "vmovdqa {w}, ymmword ptr [{q} + 192]",
-                "vpbroadcastd {t}, dword ptr [{x0} + 24]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i0}, {i0}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs} + 24]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i1}, {i1}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs}*2 + 24]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i2}, {i2}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + 24]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i3}, {i3}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs} + 24]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i4}, {i4}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs}*2 + 24]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i5}, {i5}, {t}",
-                "vmovdqa {w}, ymmword ptr [{q} + 224]",
-                "vpbroadcastd {t}, dword ptr [{x0} + 28]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i0}, {i0}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs} + 28]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i1}, {i1}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs}*2 + 28]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i2}, {i2}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + 28]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i3}, {i3}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs} + 28]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i4}, {i4}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs}*2 + 28]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i5}, {i5}, {t}",
-                "vmovaps {w}, ymmword ptr [{dv}]",
-                "vpmaddwd {i0}, {i0}, {ones}",
-                "vpbroadcastd {t}, dword ptr [{x0} + 44]",
-                "vpsubd {i0}, {i0}, {t}",
-                "vcvtdq2ps {i0}, {i0}",
-                "vbroadcastss {t}, dword ptr [{x0} + 32]",
-                "vmulps {t}, {t}, {w}",
-                "vfmadd231ps {a0}, {i0}, {t}",
-                "vpmaddwd {i1}, {i1}, {ones}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs} + 44]",
-                "vpsubd {i1}, {i1}, {t}",
-                "vcvtdq2ps {i1}, {i1}",
-                "vbroadcastss {t}, dword ptr [{x0} + {xs} + 32]",
-                "vmulps {t}, {t}, {w}",
-                "vfmadd231ps {a1}, {i1}, {t}",
-                "vpmaddwd {i2}, {i2}, {ones}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs}*2 + 44]",
-                "vpsubd {i2}, {i2}, {t}",
-                "vcvtdq2ps {i2}, {i2}",
-                "vbroadcastss {t}, dword ptr [{x0} + {xs}*2 + 32]",
-                "vmulps {t}, {t}, {w}",
-                "vfmadd231ps {a2}, {i2}, {t}",
-                "vpmaddwd {i3}, {i3}, {ones}",
-                "vpbroadcastd {t}, dword ptr [{x3} + 44]",
-                "vpsubd {i3}, {i3}, {t}",
-                "vcvtdq2ps {i3}, {i3}",
-                "vbroadcastss {t}, dword ptr [{x3} + 32]",
-                "vmulps {t}, {t}, {w}",
-                "vfmadd231ps {a3}, {i3}, {t}",
-                "vpmaddwd {i4}, {i4}, {ones}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs} + 44]",
-                "vpsubd {i4}, {i4}, {t}",
-                "vcvtdq2ps {i4}, {i4}",
-                "vbroadcastss {t}, dword ptr [{x3} + {xs} + 32]",
-                "vmulps {t}, {t}, {w}",
-                "vfmadd231ps {a4}, {i4}, {t}",
-                "vpmaddwd {i5}, {i5}, {ones}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs}*2 + 44]",
-                "vpsubd {i5}, {i5}, {t}",
-                "vcvtdq2ps {i5}, {i5}",
-                "vbroadcastss {t}, dword ptr [{x3} + {xs}*2 + 32]",
-                "vmulps {t}, {t}, {w}",
-                "vfmadd231ps {a5}, {i5}, {t}",
+                strip6_block!(q4_row, q4_0_end),
                 q = in(reg) q,
                 x0 = in(reg) x0,
                 x3 = in(reg) x3,
@@ -952,195 +713,7 @@ unsafe fn strip_kernel6<const F: u8>(
             } else {
                 let mv = strip.m.as_ptr().add(b);
                 std::arch::asm!(
-                "vmovdqa {w}, ymmword ptr [{q} + 0]",
-                "vpbroadcastd {i0}, dword ptr [{x0}]",
-                "vpmaddubsw {i0}, {w}, {i0}",
-                "vpbroadcastd {i1}, dword ptr [{x0} + {xs}]",
-                "vpmaddubsw {i1}, {w}, {i1}",
-                "vpbroadcastd {i2}, dword ptr [{x0} + {xs}*2]",
-                "vpmaddubsw {i2}, {w}, {i2}",
-                "vpbroadcastd {i3}, dword ptr [{x3}]",
-                "vpmaddubsw {i3}, {w}, {i3}",
-                "vpbroadcastd {i4}, dword ptr [{x3} + {xs}]",
-                "vpmaddubsw {i4}, {w}, {i4}",
-                "vpbroadcastd {i5}, dword ptr [{x3} + {xs}*2]",
-                "vpmaddubsw {i5}, {w}, {i5}",
-                "vmovdqa {w}, ymmword ptr [{q} + 32]",
-                "vpbroadcastd {t}, dword ptr [{x0} + 4]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i0}, {i0}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs} + 4]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i1}, {i1}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs}*2 + 4]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i2}, {i2}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + 4]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i3}, {i3}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs} + 4]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i4}, {i4}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs}*2 + 4]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i5}, {i5}, {t}",
-                "vmovdqa {w}, ymmword ptr [{q} + 64]",
-                "vpbroadcastd {t}, dword ptr [{x0} + 8]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i0}, {i0}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs} + 8]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i1}, {i1}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs}*2 + 8]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i2}, {i2}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + 8]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i3}, {i3}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs} + 8]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i4}, {i4}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs}*2 + 8]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i5}, {i5}, {t}",
-                "vmovdqa {w}, ymmword ptr [{q} + 96]",
-                "vpbroadcastd {t}, dword ptr [{x0} + 12]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i0}, {i0}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs} + 12]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i1}, {i1}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs}*2 + 12]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i2}, {i2}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + 12]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i3}, {i3}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs} + 12]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i4}, {i4}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs}*2 + 12]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i5}, {i5}, {t}",
-                "vmovdqa {w}, ymmword ptr [{q} + 128]",
-                "vpbroadcastd {t}, dword ptr [{x0} + 16]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i0}, {i0}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs} + 16]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i1}, {i1}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs}*2 + 16]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i2}, {i2}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + 16]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i3}, {i3}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs} + 16]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i4}, {i4}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs}*2 + 16]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i5}, {i5}, {t}",
-                "vmovdqa {w}, ymmword ptr [{q} + 160]",
-                "vpbroadcastd {t}, dword ptr [{x0} + 20]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i0}, {i0}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs} + 20]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i1}, {i1}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs}*2 + 20]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i2}, {i2}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + 20]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i3}, {i3}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs} + 20]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i4}, {i4}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs}*2 + 20]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i5}, {i5}, {t}",
-                "vmovdqa {w}, ymmword ptr [{q} + 192]",
-                "vpbroadcastd {t}, dword ptr [{x0} + 24]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i0}, {i0}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs} + 24]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i1}, {i1}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs}*2 + 24]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i2}, {i2}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + 24]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i3}, {i3}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs} + 24]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i4}, {i4}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs}*2 + 24]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i5}, {i5}, {t}",
-                "vmovdqa {w}, ymmword ptr [{q} + 224]",
-                "vpbroadcastd {t}, dword ptr [{x0} + 28]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i0}, {i0}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs} + 28]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i1}, {i1}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x0} + {xs}*2 + 28]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i2}, {i2}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + 28]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i3}, {i3}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs} + 28]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i4}, {i4}, {t}",
-                "vpbroadcastd {t}, dword ptr [{x3} + {xs}*2 + 28]",
-                "vpmaddubsw {t}, {w}, {t}",
-                "vpaddw {i5}, {i5}, {t}",
-                "vmovaps {w}, ymmword ptr [{dv}]",
-                "vpmaddwd {i0}, {i0}, {ones}",
-                "vcvtdq2ps {i0}, {i0}",
-                "vbroadcastss {t}, dword ptr [{x0} + 32]",
-                "vmulps {t}, {t}, {w}",
-                "vfmadd231ps {a0}, {i0}, {t}",
-                "vbroadcastss {i0}, dword ptr [{x0} + 36]",
-                "vfmadd231ps {a0}, {i0}, ymmword ptr [{mv}]",
-                "vpmaddwd {i1}, {i1}, {ones}",
-                "vcvtdq2ps {i1}, {i1}",
-                "vbroadcastss {t}, dword ptr [{x0} + {xs} + 32]",
-                "vmulps {t}, {t}, {w}",
-                "vfmadd231ps {a1}, {i1}, {t}",
-                "vbroadcastss {i1}, dword ptr [{x0} + {xs} + 36]",
-                "vfmadd231ps {a1}, {i1}, ymmword ptr [{mv}]",
-                "vpmaddwd {i2}, {i2}, {ones}",
-                "vcvtdq2ps {i2}, {i2}",
-                "vbroadcastss {t}, dword ptr [{x0} + {xs}*2 + 32]",
-                "vmulps {t}, {t}, {w}",
-                "vfmadd231ps {a2}, {i2}, {t}",
-                "vbroadcastss {i2}, dword ptr [{x0} + {xs}*2 + 36]",
-                "vfmadd231ps {a2}, {i2}, ymmword ptr [{mv}]",
-                "vpmaddwd {i3}, {i3}, {ones}",
-                "vcvtdq2ps {i3}, {i3}",
-                "vbroadcastss {t}, dword ptr [{x3} + 32]",
-                "vmulps {t}, {t}, {w}",
-                "vfmadd231ps {a3}, {i3}, {t}",
-                "vbroadcastss {i3}, dword ptr [{x3} + 36]",
-                "vfmadd231ps {a3}, {i3}, ymmword ptr [{mv}]",
-                "vpmaddwd {i4}, {i4}, {ones}",
-                "vcvtdq2ps {i4}, {i4}",
-                "vbroadcastss {t}, dword ptr [{x3} + {xs} + 32]",
-                "vmulps {t}, {t}, {w}",
-                "vfmadd231ps {a4}, {i4}, {t}",
-                "vbroadcastss {i4}, dword ptr [{x3} + {xs} + 36]",
-                "vfmadd231ps {a4}, {i4}, ymmword ptr [{mv}]",
-                "vpmaddwd {i5}, {i5}, {ones}",
-                "vcvtdq2ps {i5}, {i5}",
-                "vbroadcastss {t}, dword ptr [{x3} + {xs}*2 + 32]",
-                "vmulps {t}, {t}, {w}",
-                "vfmadd231ps {a5}, {i5}, {t}",
-                "vbroadcastss {i5}, dword ptr [{x3} + {xs}*2 + 36]",
-                "vfmadd231ps {a5}, {i5}, ymmword ptr [{mv}]",
+                strip6_block!(q4_row, q4_1_end),
                 q = in(reg) q,
                 x0 = in(reg) x0,
                 x3 = in(reg) x3,
