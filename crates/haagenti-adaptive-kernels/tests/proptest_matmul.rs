@@ -12,26 +12,33 @@ const ALL: [Format; 6] = [
     Format::Q4_1,
 ];
 
-/// A problem: format, shape (m 0..=14, k a multiple of 32 up to 256, n 0..=19) and values with
-/// a spread of magnitudes (blocks of very different scales, zeros, exact ties).
+/// A problem: format, shape (m 0..=14, k up to 256 and a multiple of 32 for block formats, any
+/// length for float formats, n 0..=19) and values with a spread of magnitudes (blocks of very
+/// different scales, zeros, exact ties).
 fn problem() -> impl Strategy<Value = (Format, usize, usize, usize, Vec<f32>, Vec<f32>)> {
-    (0usize..6, 0usize..=14, 0usize..=8, 0usize..=19).prop_flat_map(|(f, m, kb, n)| {
-        let k = 32 * kb;
-        let value = prop_oneof![
-            8 => -1.0f32..1.0,
-            1 => -100.0f32..100.0,
-            1 => Just(0.0f32),
-            1 => (-8i32..8).prop_map(|v| v as f32 * 0.25),
-        ];
-        (
-            Just(ALL[f]),
-            Just(m),
-            Just(k),
-            Just(n),
-            prop::collection::vec(value.clone(), m * k),
-            prop::collection::vec(value, n * k),
-        )
-    })
+    (0usize..6, 0usize..=14, 0usize..=8, 0usize..32, 0usize..=19).prop_flat_map(
+        |(f, m, kb, tail, n)| {
+            let k = if ALL[f].is_block() {
+                32 * kb
+            } else {
+                32 * kb + tail
+            };
+            let value = prop_oneof![
+                8 => -1.0f32..1.0,
+                1 => -100.0f32..100.0,
+                1 => Just(0.0f32),
+                1 => (-8i32..8).prop_map(|v| v as f32 * 0.25),
+            ];
+            (
+                Just(ALL[f]),
+                Just(m),
+                Just(k),
+                Just(n),
+                prop::collection::vec(value.clone(), m * k),
+                prop::collection::vec(value, n * k),
+            )
+        },
+    )
 }
 
 /// Σ_l |x_l| (|ŵ_l| + max |ŵ| of the block): the magnitude f32 rounding is relative to (Q4_1's

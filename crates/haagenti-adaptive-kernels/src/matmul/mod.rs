@@ -10,7 +10,8 @@
 //!   On aarch64 NEON (with `sdot` when present) runs a row kernel.
 //! - **F16 and BF16 weights**: converted to f32 on the fly; a streaming kernel for few activation
 //!   rows, and for many rows a converted f32 panel per tile handed to the `gemm` crate.
-//! - **F32 weights**: the `gemm` crate.
+//! - **F32 weights**: the `gemm` crate; on x86_64 a streaming kernel for few activation rows,
+//!   where `gemm` spends its time packing weights it uses once.
 //!
 //! Work is split by [`Parallelism`] over tiles of weight rows (and of activation rows when there
 //! are few weight rows); inner kernels are single-threaded, and each task writes its tile of
@@ -514,7 +515,8 @@ mod x86 {
     const NC_Q: usize = 64;
     /// Weight rows per task for F16/BF16 panels.
     const NC_F: usize = 64;
-    /// From this many activation rows on, F16/BF16 weights go through f32 panels and gemm.
+    /// From this many activation rows on, F16/BF16 weights go through f32 panels and gemm and
+    /// F32 weights through gemm; below it every float format streams.
     const PANEL_MIN_M: usize = 8;
 
     #[allow(clippy::too_many_arguments)] // reason: the public arguments, checked
@@ -531,6 +533,22 @@ mod x86 {
         let bytes = w.as_bytes();
         let th = threads(par);
         match w.format() {
+            // Few activation rows: gemm packs the whole weight matrix for them (at M = 4 it is
+            // nearly as slow as at M = 16); streaming the weights once is memory-bound instead.
+            Format::F32 if s.m < PANEL_MIN_M => {
+                let w = f32_weights(bytes);
+                let tasks = plan_tasks(s.n, 1, NC_F, 4, th);
+                run_tasks(
+                    &tasks,
+                    s.n,
+                    out,
+                    alpha,
+                    beta,
+                    par,
+                    |_| (0, s.m),
+                    |task, buf| k::stream(t, &w, s, x, task.n0, task.n1, buf),
+                );
+            }
             Format::F32 => {
                 gemm_f32(x, &f32_weights(bytes), s.m, s.n, s.k, out, alpha, beta, par);
             }

@@ -21,9 +21,11 @@
 //! scale converted from f16 inline) into that row's vector accumulator, summed horizontally
 //! once at the end; Q4_0's `8 Σ q_x` and Q4_1's minimum terms go to a scalar sum per row.
 //!
-//! F16/BF16 weights: a streaming kernel converts 8 weights at a time (`vcvtph2ps`, or a 16-bit
-//! shift for bf16) and FMAs them into several activation rows; for many activation rows
-//! [`half_panel_gemm`] converts a panel of weight rows to f32 and hands it to `gemm`.
+//! Float weights with few activation rows: [`stream`] reads each weight row once, widening 8
+//! values at a time (`vcvtph2ps` for f16, a 16-bit shift for bf16, a plain load for f32), and
+//! FMAs them into up to four activation rows. With many activation rows F16/BF16 go through
+//! [`half_panel_gemm`] (a panel of weight rows converted to f32, handed to `gemm`) and F32
+//! straight to `gemm`.
 //!
 //! Every `unsafe fn` here requires AVX2, FMA and F16C; the safe wrappers take the
 //! [`Avx2`] token that proves them and check every length the kernels' pointer arithmetic uses.
@@ -908,42 +910,67 @@ fn row_task<const F: u8>(
     }
 }
 
-/// 8 f16 or bf16 weights as f32.
-///
-/// # Safety
-///
-/// AVX2 and F16C must be available; `p` must be valid for reading 8 `u16`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load8<const BF: bool>(p: *const u16) -> __m256 {
-    // SAFETY: the caller guarantees 16 readable bytes; `loadu` needs no alignment.
-    let raw = unsafe { _mm_loadu_si128(p.cast()) };
-    if BF {
+/// A weight element the streaming kernel widens to f32 on the fly: `f16`, `bf16` or `f32`.
+pub(crate) trait StreamWeight: Copy {
+    /// 8 consecutive weights as f32.
+    ///
+    /// # Safety
+    ///
+    /// AVX2 and F16C must be available; `p` must be valid for reading 8 values.
+    unsafe fn load8(p: *const Self) -> __m256;
+    /// One weight as f32.
+    fn widen(self) -> f32;
+}
+
+impl StreamWeight for half::f16 {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const Self) -> __m256 {
+        // SAFETY: the caller guarantees 16 readable bytes; `loadu` needs no alignment.
+        _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p.cast()) })
+    }
+    #[inline]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+impl StreamWeight for half::bf16 {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const Self) -> __m256 {
+        // SAFETY: the caller guarantees 16 readable bytes; `loadu` needs no alignment.
+        let raw = unsafe { _mm_loadu_si128(p.cast()) };
         _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16))
-    } else {
-        _mm256_cvtph_ps(raw)
+    }
+    #[inline]
+    fn widen(self) -> f32 {
+        self.to_f32()
     }
 }
 
-/// One f16 or bf16 value (bits) as f32.
-#[inline]
-fn half_to_f32<const BF: bool>(bits: u16) -> f32 {
-    if BF {
-        half::bf16::from_bits(bits).to_f32()
-    } else {
-        half::f16::from_bits(bits).to_f32()
+impl StreamWeight for f32 {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const Self) -> __m256 {
+        // SAFETY: the caller guarantees 32 readable bytes; `loadu` needs no alignment.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline]
+    fn widen(self) -> f32 {
+        self
     }
 }
 
-/// `NR` f16/bf16 weight rows x `MR` f32 activation rows, over `k` values.
+/// `NR` weight rows x `MR` f32 activation rows, over `k` values, widening the weights to f32.
 ///
 /// # Safety
 ///
-/// AVX2, FMA and F16C must be available; `w + i * k` valid for reading `k` u16 for `i < NR`,
+/// AVX2, FMA and F16C must be available; `w + i * k` valid for reading `k` values for `i < NR`,
 /// `x + j * k` valid for reading `k` f32 for `j < MR`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn half_kernel<const NR: usize, const MR: usize, const BF: bool>(
-    w: *const u16,
+unsafe fn stream_kernel<const NR: usize, const MR: usize, E: StreamWeight>(
+    w: *const E,
     x: *const f32,
     k: usize,
 ) -> [[f32; MR]; NR] {
@@ -953,7 +980,7 @@ unsafe fn half_kernel<const NR: usize, const MR: usize, const BF: bool>(
     while l < k8 {
         for (i, acc) in acc.iter_mut().enumerate() {
             // SAFETY: l + 8 <= k, i < NR: inside row i of the weights.
-            let wv = unsafe { load8::<BF>(w.add(i * k + l)) };
+            let wv = unsafe { E::load8(w.add(i * k + l)) };
             for (j, a) in acc.iter_mut().enumerate() {
                 // SAFETY: l + 8 <= k, j < MR: inside activation row j.
                 let xv = unsafe { _mm256_loadu_ps(x.add(j * k + l)) };
@@ -969,7 +996,7 @@ unsafe fn half_kernel<const NR: usize, const MR: usize, const BF: bool>(
             for l in k8..k {
                 // SAFETY: l < k: inside row i of the weights and row j of the activations.
                 let (wb, xv) = unsafe { (*w.add(i * k + l), *x.add(j * k + l)) };
-                s += xv * half_to_f32::<BF>(wb);
+                s += xv * wb.widen();
             }
             res[i][j] = s;
         }
@@ -981,7 +1008,7 @@ unsafe fn half_kernel<const NR: usize, const MR: usize, const BF: bool>(
 /// (`m x (n1 - n0)`). Does nothing when the lengths are inconsistent.
 #[allow(clippy::too_many_arguments)] // reason: one task's plain data
 pub(crate) fn half_stream(
-    _t: Avx2,
+    t: Avx2,
     bf: bool,
     bytes: &[u8],
     s: &Shape,
@@ -991,16 +1018,18 @@ pub(crate) fn half_stream(
     buf: &mut [f32],
 ) {
     if bf {
-        half_stream_f::<true>(bytes, s, x, n0, n1, buf);
+        stream(t, as_half::<half::bf16>(bytes), s, x, n0, n1, buf);
     } else {
-        half_stream_f::<false>(bytes, s, x, n0, n1, buf);
+        stream(t, as_half::<half::f16>(bytes), s, x, n0, n1, buf);
     }
 }
 
-/// Weights as `u16`s (`bytes` come 2-byte aligned from `QuantizedTensor`; empty otherwise).
-fn as_u16(bytes: &[u8]) -> &[u16] {
-    // SAFETY: every bit pattern is a valid u16; `align_to` only reinterprets the aligned middle.
-    let (pre, mid, post) = unsafe { bytes.align_to::<u16>() };
+/// Weights as `f16` or `bf16` (`bytes` come 8-byte aligned from `QuantizedTensor`; empty
+/// otherwise).
+fn as_half<E: StreamWeight + HalfBits>(bytes: &[u8]) -> &[E] {
+    // SAFETY: `E` is `f16` or `bf16` (the `HalfBits` bound): 2 bytes, every bit pattern valid;
+    // `align_to` only reinterprets the aligned middle.
+    let (pre, mid, post) = unsafe { bytes.align_to::<E>() };
     if pre.is_empty() && post.is_empty() {
         mid
     } else {
@@ -1008,32 +1037,39 @@ fn as_u16(bytes: &[u8]) -> &[u16] {
     }
 }
 
-/// Runs `half_kernel::<NR, MR, BF>` for `nr` (up to `NR`) weight rows, returning `[nr][MR]`.
+/// `f16` and `bf16`: 2-byte values for which every bit pattern is valid.
+pub(crate) trait HalfBits {}
+impl HalfBits for half::f16 {}
+impl HalfBits for half::bf16 {}
+
+/// Runs `stream_kernel::<NR, MR, E>` for `nr` (up to `NR`) weight rows, returning `[nr][MR]`.
 ///
 /// # Safety
 ///
-/// As [`half_kernel`] for `nr` weight rows.
+/// As [`stream_kernel`] for `nr` weight rows.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn half_kernel_n<const NR: usize, const MR: usize, const BF: bool>(
+unsafe fn stream_kernel_n<const NR: usize, const MR: usize, E: StreamWeight>(
     nr: usize,
-    w: *const u16,
+    w: *const E,
     x: *const f32,
     k: usize,
 ) -> Vec<[f32; MR]> {
     if nr == NR {
         // SAFETY: forwarded from the caller.
-        unsafe { half_kernel::<NR, MR, BF>(w, x, k) }.to_vec()
+        unsafe { stream_kernel::<NR, MR, E>(w, x, k) }.to_vec()
     } else {
         (0..nr)
             // SAFETY: forwarded from the caller: row i < nr starts at w + i * k.
-            .map(|i| unsafe { half_kernel::<1, MR, BF>(w.add(i * k), x, k) }[0])
+            .map(|i| unsafe { stream_kernel::<1, MR, E>(w.add(i * k), x, k) }[0])
             .collect()
     }
 }
 
-/// [`half_stream`] for one of f16/bf16. Only called with an [`Avx2`] token in hand.
-fn half_stream_f<const BF: bool>(
-    bytes: &[u8],
+/// Weight rows `n0..n1` of `w` (`n x k`, any [`StreamWeight`]) streamed against all activation
+/// rows, into `buf` (`m x (n1 - n0)`). Does nothing when the lengths are inconsistent.
+pub(crate) fn stream<E: StreamWeight>(
+    _t: Avx2,
+    w: &[E],
     s: &Shape,
     x: &[f32],
     n0: usize,
@@ -1041,11 +1077,10 @@ fn half_stream_f<const BF: bool>(
     buf: &mut [f32],
 ) {
     let (m, k) = (s.m, s.k);
-    let w = as_u16(bytes);
     let nc = n1.saturating_sub(n0);
     let consistent =
         n0 <= n1 && n1 <= s.n && w.len() >= n1 * k && x.len() == m * k && buf.len() == m * nc;
-    debug_assert!(consistent, "half_stream: inconsistent lengths");
+    debug_assert!(consistent, "stream: inconsistent lengths");
     if !consistent || nc == 0 || k == 0 {
         return;
     }
@@ -1063,19 +1098,19 @@ fn half_stream_f<const BF: bool>(
             // (checked `x.len() == m * k`).
             let r: Vec<Vec<f32>> = unsafe {
                 match mr {
-                    1 => half_kernel_n::<4, 1, BF>(nr, wp, xp, k)
+                    1 => stream_kernel_n::<4, 1, E>(nr, wp, xp, k)
                         .iter()
                         .map(|r| r.to_vec())
                         .collect(),
-                    2 => half_kernel_n::<4, 2, BF>(nr, wp, xp, k)
+                    2 => stream_kernel_n::<4, 2, E>(nr, wp, xp, k)
                         .iter()
                         .map(|r| r.to_vec())
                         .collect(),
-                    3 => half_kernel_n::<2, 3, BF>(nr, wp, xp, k)
+                    3 => stream_kernel_n::<2, 3, E>(nr, wp, xp, k)
                         .iter()
                         .map(|r| r.to_vec())
                         .collect(),
-                    _ => half_kernel_n::<2, 4, BF>(nr, wp, xp, k)
+                    _ => stream_kernel_n::<2, 4, E>(nr, wp, xp, k)
                         .iter()
                         .map(|r| r.to_vec())
                         .collect(),
@@ -1092,23 +1127,23 @@ fn half_stream_f<const BF: bool>(
     }
 }
 
-/// Converts `src` (f16 or bf16 bits) to f32 into `dst` (same length).
+/// Converts `src` (f16 or bf16) to f32 into `dst` (same length).
 ///
 /// # Safety
 ///
 /// AVX2 and F16C must be available.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn convert_half<const BF: bool>(src: &[u16], dst: &mut [f32]) {
+unsafe fn convert_half<E: StreamWeight>(src: &[E], dst: &mut [f32]) {
     let n = src.len().min(dst.len());
     let n8 = n / 8 * 8;
     let mut l = 0;
     while l < n8 {
         // SAFETY: l + 8 <= n <= both lengths.
-        unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(l), load8::<BF>(src.as_ptr().add(l))) };
+        unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(l), E::load8(src.as_ptr().add(l))) };
         l += 8;
     }
     for l in n8..n {
-        dst[l] = half_to_f32::<BF>(src[l]);
+        dst[l] = src[l].widen();
     }
 }
 
@@ -1126,8 +1161,23 @@ pub(crate) fn half_panel_gemm(
     n1: usize,
     buf: &mut [f32],
 ) {
+    if bf {
+        panel_gemm(as_half::<half::bf16>(bytes), s, x, n0, n1, buf);
+    } else {
+        panel_gemm(as_half::<half::f16>(bytes), s, x, n0, n1, buf);
+    }
+}
+
+/// [`half_panel_gemm`] for one of f16/bf16. Only called with an [`Avx2`] token in hand.
+fn panel_gemm<E: StreamWeight>(
+    w: &[E],
+    s: &Shape,
+    x: &[f32],
+    n0: usize,
+    n1: usize,
+    buf: &mut [f32],
+) {
     let (m, k) = (s.m, s.k);
-    let w = as_u16(bytes);
     let nc = n1.saturating_sub(n0);
     let consistent =
         n0 <= n1 && n1 <= s.n && w.len() >= n1 * k && x.len() == m * k && buf.len() == m * nc;
@@ -1136,15 +1186,8 @@ pub(crate) fn half_panel_gemm(
         return;
     }
     let mut panel = vec![0.0f32; nc * k];
-    let src = &w[n0 * k..n1 * k];
-    // SAFETY: the token's holder checked AVX2/FMA/F16C.
-    unsafe {
-        if bf {
-            convert_half::<true>(src, &mut panel);
-        } else {
-            convert_half::<false>(src, &mut panel);
-        }
-    }
+    // SAFETY: only called with the token in hand: AVX2/FMA/F16C are available.
+    unsafe { convert_half(&w[n0 * k..n1 * k], &mut panel) };
     crate::matmul::gemm_f32(
         x,
         &panel,
