@@ -42,9 +42,10 @@ pub(crate) struct RunArgs {
     /// The fp32 reference always runs.
     #[arg(long, value_delimiter = ',')]
     schedules: Option<Vec<String>>,
-    /// Error budget of the calibrated schedule: MSE against FP32 of its final samples. Default: the
-    /// MSE the best seed preset measures on the calibration batch (tightened until the
-    /// calibrated schedule meets it there).
+    /// Error budget of the calibrated schedule: MSE against FP32 of its final samples on the
+    /// calibration batch (default: the MSE the best seed preset measures there). The calibrated
+    /// schedule is the cheapest of the solver's schedules, over a range of its error bound, that
+    /// meets it there.
     #[arg(long)]
     budget: Option<f64>,
     /// Samples of the calibration batch (and of the held-out batch).
@@ -53,10 +54,10 @@ pub(crate) struct RunArgs {
     /// Most distinct precisions the calibrated schedule may use (each is a resident weight copy).
     #[arg(long, default_value_t = 2)]
     max_resident: usize,
-    /// Times each schedule (and each calibration check) runs, round-robin; its time is the median
-    /// (the first pass also warms caches and the clock, and alternating spreads the machine's
-    /// noise over every row).
-    #[arg(long, default_value_t = 3)]
+    /// Times each schedule (and each calibration check) runs, round-robin; a run's time is the sum
+    /// over its steps of each step's median time (alternating spreads the machine's noise over
+    /// every row, and per-step medians drop slow phases shorter than a run).
+    #[arg(long, default_value_t = 5)]
     repeats: usize,
     /// Seed of the initial noise (calibration and held-out batches use seed+1 and seed+2).
     #[arg(long, default_value_t = 1)]
@@ -73,7 +74,10 @@ pub(crate) struct RunArgs {
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct RunRow {
     pub(crate) name: String,
+    /// Sum over steps of each step's median time over the repeats.
     pub(crate) seconds: f64,
+    /// Median over the repeats of the whole run's time.
+    pub(crate) run_median_seconds: f64,
     pub(crate) load_seconds: f64,
     pub(crate) speedup: f64,
     pub(crate) predicted_speedup: f64,
@@ -91,6 +95,7 @@ pub(crate) struct RunRow {
 pub(crate) struct CheckRow {
     pub(crate) name: String,
     pub(crate) batch: String,
+    /// As [`RunRow::seconds`].
     pub(crate) seconds: f64,
     pub(crate) predicted_speedup: f64,
     pub(crate) psnr_db: Option<f64>,
@@ -102,7 +107,10 @@ pub(crate) struct CheckRow {
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Calibration {
     pub(crate) budget: f64,
-    pub(crate) predicted_mse: f64,
+    /// The solver's (additive, conservative) error bound for the chosen schedule.
+    pub(crate) solver_bound_mse: f64,
+    /// The chosen schedule's MSE measured on the calibration batch.
+    pub(crate) calibration_mse: f64,
     pub(crate) best_preset: String,
     pub(crate) best_preset_calibration_mse: f64,
     pub(crate) sensitivity: SensitivityTable,
@@ -187,13 +195,14 @@ struct CostArgs<'a> {
 /// Steps whose cost [`step_costs`] times; the others are interpolated.
 const COST_PROBES: usize = 6;
 /// Rounds of [`step_costs`]: each probe's cost is the median of this many timings.
-const COST_ROUNDS: usize = 3;
+const COST_ROUNDS: usize = 5;
 
 /// Measured seconds of each step at each precision of [`Precision::ALL`], on `batch` samples.
 ///
-/// A probe is one real sampler step of the executor (every denoiser evaluation of the step, the
-/// sampler's arithmetic) from a state distributed as at that step (a mixture sample plus sigma
-/// noise), timed after an untimed step at the same precision, as a step of a run follows one.
+/// A probe times one real sampler step of the executor (every denoiser evaluation of the step,
+/// the sampler's arithmetic). It follows an untimed step at the same precision from a state
+/// distributed as at the step before (a mixture sample plus that step's sigma noise), so the
+/// timed step starts where that one left off, with new data, as a step of a run does.
 /// [`COST_PROBES`] steps spread over the run are timed, precisions and probes taking turns in
 /// each of [`COST_ROUNDS`] rounds so that load from other processes falls on all alike; each
 /// probe keeps its median, and the steps between probes get linearly interpolated costs (a
@@ -208,11 +217,16 @@ fn step_costs(
     let d = config.d;
     let steps = a.exec.steps();
     let sigmas = a.exec.sigmas();
-    let probes: Vec<usize> = if steps <= COST_PROBES {
-        (0..steps).collect()
+    // Timed steps. Each follows an untimed step from a state drawn as at the step before it
+    // (step 0 takes the cost of the first probe, unless it is the only step: then it is timed
+    // after an untimed run of itself from the same state).
+    let probes: Vec<usize> = if steps == 1 {
+        vec![0]
+    } else if steps <= COST_PROBES {
+        (1..steps).collect()
     } else {
         (0..COST_PROBES)
-            .map(|j| j * (steps - 1) / (COST_PROBES - 1))
+            .map(|j| 1 + j * (steps - 2) / (COST_PROBES - 1))
             .collect()
     };
     let mut pick = SplitMix64::new(a.seed.wrapping_add(3));
@@ -221,7 +235,8 @@ fn step_costs(
         .collect();
     let states: Vec<Vec<f32>> = probes
         .iter()
-        .map(|&i| {
+        .map(|&t| {
+            let i = t.saturating_sub(1);
             let noise = gaussian_noise(batch, d, sigmas[i], a.seed.wrapping_add(4 + i as u64));
             noise
                 .chunks(d)
@@ -246,9 +261,13 @@ fn step_costs(
     for _ in 0..COST_ROUNDS {
         for ((&i, state), probe_times) in probes.iter().zip(&states).zip(&mut times) {
             for (ps, t) in uniform.iter().zip(probe_times.iter_mut()) {
+                // Two consecutive steps, new data each, as in a run: only the second is timed.
                 let mut x = state.clone();
-                a.exec.advance(model, &mut x, batch, i, i + 1, ps)?;
-                x.copy_from_slice(state);
+                a.exec
+                    .advance(model, &mut x, batch, i.saturating_sub(1), i.max(1), ps)?;
+                if i == 0 {
+                    x.copy_from_slice(state);
+                }
                 let t0 = std::time::Instant::now();
                 a.exec.advance(model, &mut x, batch, i, i + 1, ps)?;
                 t.push(t0.elapsed().as_secs_f64());
@@ -291,6 +310,60 @@ fn interpolate(probes: &[usize], costs: &[Vec<f64>], i: usize) -> Vec<f64> {
         .iter()
         .zip(&costs[after])
         .map(|(a, b)| a + f * (b - a))
+        .collect()
+}
+
+/// A plan's runs, timed.
+struct Timed {
+    /// The first run (every run computes the same samples).
+    record: RunRecord,
+    /// Each step's median time over the runs.
+    step_seconds: Vec<f64>,
+    /// Their sum: the time of a run with each step at its typical speed.
+    seconds: f64,
+    /// The median of the whole runs' times.
+    run_median: f64,
+}
+
+/// Runs every plan `repeats` times, taking turns, and times them.
+///
+/// The figure is per step: each step's median over the repeats, summed. This machine's speed
+/// moves in phases of tens of milliseconds (another process, the clock), which can slow one
+/// whole run of a quarter of a second; a per-step median discards such a phase where a median
+/// of whole runs can keep it, and taking turns spreads what remains over every plan alike.
+fn round_robin(
+    plans: &[&RunPlan],
+    repeats: usize,
+    mut run: impl FnMut(&RunPlan) -> anyhow::Result<RunRecord>,
+) -> anyhow::Result<Vec<Timed>> {
+    let mut runs: Vec<Vec<RunRecord>> = (0..plans.len()).map(|_| Vec::new()).collect();
+    for _ in 0..repeats {
+        for (plan, plan_runs) in plans.iter().zip(&mut runs) {
+            plan_runs.push(run(plan)?);
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    runs.into_iter()
+        .map(|plan_runs| {
+            let steps = plan_runs[0].steps.len();
+            let step_seconds: Vec<f64> = (0..steps)
+                .map(|i| median(plan_runs.iter().map(|r| r.steps[i].wall_s).collect()))
+                .collect();
+            let run_median = median(plan_runs.iter().map(|r| r.compute_s).collect());
+            let record = plan_runs
+                .into_iter()
+                .next()
+                .context("at least one repeat")?;
+            Ok(Timed {
+                record,
+                seconds: step_seconds.iter().sum(),
+                step_seconds,
+                run_median,
+            })
+        })
         .collect()
 }
 
@@ -476,28 +549,37 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
         let (best_mse, best_plan) = best.context("no presets")?;
         let best_name = best_plan.name.clone();
         // The schedule crate's exact solver, on RMS errors (see `solve_budget`), with at most
-        // `--max-resident` precisions resident.
+        // `--max-resident` precisions resident. Its bound adds per-step errors as if they never
+        // cancelled, so a schedule at the budget's bound measures far below the budget: solve
+        // over a range of bounds and keep the cheapest schedule whose measured MSE on the
+        // calibration batch meets the budget (all-FP32, at the tightest bound, always does).
         let budget = args.budget.unwrap_or(best_mse);
-        let mut solve_at = budget;
-        let mut solved = solve_budget(&table, &cal_costs, solve_at, args.max_resident)?;
-        // Without an explicit budget, tighten until the calibration batch meets it (at most 4 times).
-        for _ in 0..4 {
-            if args.budget.is_some() {
-                break;
+        let mut solved = None;
+        let mut tried: Vec<Vec<Precision>> = Vec::new();
+        for j in -6i32..=8 {
+            let bound = budget * 2f64.powi(j);
+            let Ok(candidate) = solve_budget(&table, &cal_costs, bound, args.max_resident) else {
+                continue;
+            };
+            if tried.contains(&candidate.precisions) {
+                continue;
             }
+            tried.push(candidate.precisions.clone());
             let plan = transition_run_plan(
                 "calibrated",
-                &solved.precisions,
+                &candidate.precisions,
                 TransitionStrategy::Immediate,
             )?;
             let rec = exec.run(&mut model, &plan, &xc, cb, |_| {})?;
-            if mse(&ref_c.samples, &rec.samples)? <= budget {
-                break;
+            let measured = mse(&ref_c.samples, &rec.samples)?;
+            let cost = predict_with(&per_step_cal, &plan);
+            if measured <= budget && solved.as_ref().is_none_or(|(c, _, _)| cost < *c) {
+                solved = Some((cost, measured, candidate));
             }
-            solve_at *= 0.25;
-            solved = solve_budget(&table, &cal_costs, solve_at, args.max_resident)?;
         }
-        let predicted_mse = solved.total_error * solved.total_error;
+        let (_, calibration_mse, solved) = solved
+            .context("no schedule of the solver meets the budget on the calibration batch")?;
+        let solver_bound_mse = solved.total_error * solved.total_error;
         let calibrated = transition_run_plan(
             "calibrated",
             &solved.precisions,
@@ -513,26 +595,16 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
         let fp32_plan = RunPlan::uniform("fp32", Precision::FP32, steps);
         let check_plans = [&fp32_plan, &calibrated, &best_plan];
         for (label, xs) in [("calibration", &xc), ("held-out", &xh)] {
-            // Round-robin repeats, as for the main runs: the time is the median.
-            let mut recs: Vec<RunRecord> = Vec::new();
-            let mut times: Vec<Vec<f64>> = vec![Vec::new(); check_plans.len()];
-            for round in 0..args.repeats {
-                for (plan, plan_times) in check_plans.iter().zip(&mut times) {
-                    let rec = exec.run(&mut model, plan, xs, cb, |_| {})?;
-                    plan_times.push(rec.compute_s);
-                    if round == 0 {
-                        recs.push(rec);
-                    }
-                }
-            }
-            let reference = &recs[0].samples;
-            for ((plan, rec), plan_times) in check_plans.iter().zip(&recs).zip(&mut times) {
-                plan_times.sort_by(f64::total_cmp);
-                let q = quality(&model, reference, &rec.samples, cb)?;
+            let timed = round_robin(&check_plans, args.repeats, |plan| {
+                Ok(exec.run(&mut model, plan, xs, cb, |_| {})?)
+            })?;
+            let reference = &timed[0].record.samples;
+            for (plan, t) in check_plans.iter().zip(&timed) {
+                let q = quality(&model, reference, &t.record.samples, cb)?;
                 checks.push(CheckRow {
                     name: plan.name.clone(),
                     batch: label.into(),
-                    seconds: plan_times[plan_times.len() / 2],
+                    seconds: t.seconds,
                     predicted_speedup: fp32_cal_pred / predict_with(&per_step_cal, plan),
                     psnr_db: json_psnr(q.psnr_db),
                     mse: q.mse,
@@ -542,7 +614,8 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         calibration = Some(Calibration {
             budget,
-            predicted_mse,
+            solver_bound_mse,
+            calibration_mse,
             best_preset: best_name,
             best_preset_calibration_mse: best_mse,
             sensitivity: table,
@@ -552,33 +625,24 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     // The runs, all from the same initial noise.
-    let mut records: Vec<RunRecord> = Vec::new();
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); plans.len()];
-    for round in 0..args.repeats {
-        for (plan, plan_times) in plans.iter().zip(&mut times) {
-            let rec = run_plan(&exec, &mut model, plan, &x0, args.batch, quiet)?;
-            plan_times.push(rec.compute_s);
-            if round == 0 {
-                records.push(rec);
-            }
-        }
-    }
-    for (rec, plan_times) in records.iter_mut().zip(&mut times) {
-        plan_times.sort_by(f64::total_cmp);
-        rec.compute_s = plan_times[plan_times.len() / 2];
-    }
-    let reference = records[0].samples.clone();
-    let fp32_time = records[0].compute_s;
+    let plan_refs: Vec<&RunPlan> = plans.iter().collect();
+    let timed = round_robin(&plan_refs, args.repeats, |plan| {
+        run_plan(&exec, &mut model, plan, &x0, args.batch, quiet)
+    })?;
+    let reference = timed[0].record.samples.clone();
+    let fp32_time = timed[0].seconds;
     let fp32_pred = predict(&RunPlan::uniform("fp32", Precision::FP32, steps));
     let mut runs = Vec::new();
-    for (plan, rec) in plans.iter().zip(&records) {
+    for (plan, t) in plans.iter().zip(&timed) {
+        let rec = &t.record;
         let q: Quality = quality(&model, &reference, &rec.samples, args.batch)?;
         let sched = plan.precisions();
         runs.push(RunRow {
             name: plan.name.clone(),
-            seconds: rec.compute_s,
+            seconds: t.seconds,
+            run_median_seconds: t.run_median,
             load_seconds: rec.load_s,
-            speedup: fp32_time / rec.compute_s,
+            speedup: fp32_time / t.seconds,
             predicted_speedup: fp32_pred / predict(plan),
             peak_weight_bytes: rec.peak_resident_bytes,
             psnr_db: json_psnr(q.psnr_db),
@@ -586,7 +650,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
             psnr_agreeing_db: json_psnr(q.psnr_agreeing_db),
             mse: q.mse,
             schedule: sched,
-            step_seconds: rec.steps.iter().map(|s| s.wall_s).collect(),
+            step_seconds: t.step_seconds.clone(),
         });
     }
     let claim = calibration.as_ref().map(|c| claim_text(&c.sensitivity));
