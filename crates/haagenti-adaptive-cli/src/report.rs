@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use haagenti_adaptive::Precision;
+use haagenti_adaptive::runtime::CostTable;
 use plotters::prelude::*;
 
 use crate::run::RunOutput;
@@ -33,17 +34,20 @@ pub(crate) fn text(out: &RunOutput) -> String {
         "model gmm k={} d={} s={} | sampler {} | {} steps | batch {} | kernels {}",
         out.model.k, out.model.d, out.model.s, out.sampler, out.steps, out.batch, out.kernel_path
     );
-    let costs: Vec<String> = out
-        .costs
-        .precisions
-        .iter()
-        .zip(&out.costs.seconds)
-        .map(|(p, c)| format!("{p} {:.2} ms", c * 1e3))
-        .collect();
+    let ms = |t: &CostTable| -> String {
+        let parts: Vec<String> = t
+            .precisions
+            .iter()
+            .zip(&t.seconds)
+            .map(|(p, c)| format!("{p} {:.2} ms", c * 1e3))
+            .collect();
+        parts.join(", ")
+    };
+    let _ = writeln!(s, "measured cost of one denoiser call: {}", ms(&out.costs));
     let _ = writeln!(
         s,
-        "measured cost of one denoiser call: {}",
-        costs.join(", ")
+        "extra cost of a step after another precision's: {}",
+        ms(&out.switch_costs)
     );
     let _ = writeln!(s);
     let _ = writeln!(

@@ -10,6 +10,7 @@ use haagenti_adaptive::runtime::{
     SensitivityTable, SplitMix64, gaussian_noise, mse, quality, sensitivity, solve_budget,
 };
 use haagenti_adaptive::schedule::noise::{NoiseProfile, NoiseSchedule};
+use haagenti_adaptive::schedule::solver::SolveOptions;
 use haagenti_adaptive::{
     Precision, PrecisionSchedule, ProfilePreset, ScheduleConfig, TransitionPlanner,
     TransitionStrategy,
@@ -128,6 +129,8 @@ pub(crate) struct RunOutput {
     pub(crate) sigmas: Vec<f64>,
     pub(crate) kernel_path: String,
     pub(crate) costs: CostTable,
+    /// Extra seconds of a step right after a step at another precision (cold weights).
+    pub(crate) switch_costs: CostTable,
     pub(crate) runs: Vec<RunRow>,
     pub(crate) calibration: Option<Calibration>,
     pub(crate) claim: Option<String>,
@@ -207,11 +210,7 @@ const COST_ROUNDS: usize = 5;
 /// each of [`COST_ROUNDS`] rounds so that load from other processes falls on all alike; each
 /// probe keeps its median, and the steps between probes get linearly interpolated costs (a
 /// call's cost hardly moves with sigma). Every precision must be loaded.
-fn step_costs(
-    model: &mut GmmModel,
-    a: &CostArgs<'_>,
-    batch: usize,
-) -> anyhow::Result<Vec<Vec<f64>>> {
+fn step_costs(model: &mut GmmModel, a: &CostArgs<'_>, batch: usize) -> anyhow::Result<StepCosts> {
     let all = Precision::ALL;
     let config = *model.config();
     let d = config.d;
@@ -256,15 +255,22 @@ fn step_costs(
         &format!("costs (b={batch})"),
         a.quiet,
     );
-    // times[probe][precision]: one timing a round.
+    // times[probe][precision]: one timing a round; cold: the same for the untimed step before
+    // it, which follows a step at another precision (the previous one in the turn).
     let mut times = vec![vec![Vec::with_capacity(COST_ROUNDS); all.len()]; probes.len()];
+    let mut cold = times.clone();
     for _ in 0..COST_ROUNDS {
-        for ((&i, state), probe_times) in probes.iter().zip(&states).zip(&mut times) {
-            for (ps, t) in uniform.iter().zip(probe_times.iter_mut()) {
-                // Two consecutive steps, new data each, as in a run: only the second is timed.
+        for (((&i, state), probe_times), probe_cold) in
+            probes.iter().zip(&states).zip(&mut times).zip(&mut cold)
+        {
+            for ((ps, t), c) in uniform.iter().zip(probe_times.iter_mut()).zip(probe_cold) {
+                // Two consecutive steps, new data each, as in a run: the first after another
+                // precision's step (cold weights), the second after one at its own.
                 let mut x = state.clone();
+                let t0 = std::time::Instant::now();
                 a.exec
                     .advance(model, &mut x, batch, i.saturating_sub(1), i.max(1), ps)?;
+                c.push(t0.elapsed().as_secs_f64());
                 if i == 0 {
                     x.copy_from_slice(state);
                 }
@@ -276,21 +282,40 @@ fn step_costs(
         }
     }
     pb.finish_and_clear();
-    let medians: Vec<Vec<f64>> = times
-        .into_iter()
-        .map(|probe_times| {
-            probe_times
-                .into_iter()
-                .map(|mut t| {
-                    t.sort_by(f64::total_cmp);
-                    t[t.len() / 2]
-                })
-                .collect()
+    let medians = |times: Vec<Vec<Vec<f64>>>| -> Vec<Vec<f64>> {
+        times
+            .into_iter()
+            .map(|probe_times| {
+                probe_times
+                    .into_iter()
+                    .map(|mut t| {
+                        t.sort_by(f64::total_cmp);
+                        t[t.len() / 2]
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let (warm, cold) = (medians(times), medians(cold));
+    let switch = (0..all.len())
+        .map(|j| {
+            let extra: f64 = warm.iter().zip(&cold).map(|(w, c)| c[j] - w[j]).sum();
+            (extra / warm.len() as f64).max(0.0)
         })
         .collect();
-    Ok((0..steps)
-        .map(|i| interpolate(&probes, &medians, i))
-        .collect())
+    Ok(StepCosts {
+        per_step: (0..steps).map(|i| interpolate(&probes, &warm, i)).collect(),
+        switch,
+    })
+}
+
+/// Measured costs of a run's steps, per precision of [`Precision::ALL`].
+struct StepCosts {
+    /// Seconds of step `i` at precision `j` after a step at the same precision.
+    per_step: Vec<Vec<f64>>,
+    /// Extra seconds of a step at precision `j` when the step before ran another precision (its
+    /// weights are not in cache), the mean over the probes; every run's first step pays it.
+    switch: Vec<f64>,
 }
 
 /// The costs at step `i`, linear between the probes around it (`probes` ascending, not empty).
@@ -367,15 +392,21 @@ fn round_robin(
         .collect()
 }
 
-/// Predicted seconds of `plan` from per-step costs (a blended step pays for both precisions).
-fn predict_with(per_step: &[Vec<f64>], plan: &RunPlan) -> f64 {
+/// Predicted seconds of `plan` from measured step costs: a blended step pays for both
+/// precisions, and a precision the step before did not run pays the switch cost.
+fn predict_with(costs: &StepCosts, plan: &RunPlan) -> f64 {
     let col = |p: Precision| Precision::ALL.iter().position(|&q| q == p).unwrap_or(0);
-    plan.steps
-        .iter()
-        .enumerate()
-        .flat_map(|(i, m)| m.precisions().map(move |p| (i, p)))
-        .filter_map(|(i, p)| per_step.get(i).map(|r| r[col(p)]))
-        .sum()
+    let mut total = 0.0;
+    for (i, m) in plan.steps.iter().enumerate() {
+        for p in m.precisions() {
+            total += costs.per_step.get(i).map_or(0.0, |r| r[col(p)]);
+            let switched = i == 0 || !plan.steps[i - 1].precisions().any(|q| q == p);
+            if switched {
+                total += costs.switch[col(p)];
+            }
+        }
+    }
+    total
 }
 
 fn bar(len: usize, msg: &str, quiet: bool) -> ProgressBar {
@@ -476,16 +507,19 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
     let per_step_cal = if wanted.iter().any(|n| n == "calibrated") {
         step_costs(&mut model, &cost_args, args.calibration_batch)?
     } else {
-        Vec::new()
+        StepCosts {
+            per_step: Vec::new(),
+            switch: vec![0.0; all.len()],
+        }
     };
     for p in all {
         model.release(p);
     }
     let total_evals: f64 = evals.iter().map(|&e| e as f64).sum();
-    let mean_costs = |per_step: &[Vec<f64>], batch: usize| CostTable {
+    let mean_costs = |costs: &StepCosts, batch: usize| CostTable {
         precisions: all.to_vec(),
         seconds: (0..all.len())
-            .map(|j| per_step.iter().map(|r| r[j]).sum::<f64>() / total_evals)
+            .map(|j| costs.per_step.iter().map(|r| r[j]).sum::<f64>() / total_evals)
             .collect(),
         batch,
     };
@@ -553,12 +587,18 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
         // cancelled, so a schedule at the budget's bound measures far below the budget: solve
         // over a range of bounds and keep the cheapest schedule whose measured MSE on the
         // calibration batch meets the budget (all-FP32, at the tightest bound, always does).
+        // The solver knows no switch cost, so it also solves with a minimum gap between
+        // transitions; "cheapest" is the prediction with switch costs.
         let budget = args.budget.unwrap_or(best_mse);
         let mut solved = None;
         let mut tried: Vec<Vec<Precision>> = Vec::new();
-        for j in -6i32..=8 {
-            let bound = budget * 2f64.powi(j);
-            let Ok(candidate) = solve_budget(&table, &cal_costs, bound, args.max_resident) else {
+        let bounds = (-6i32..=8).map(|j| budget * 2f64.powi(j));
+        let gaps = [1, steps.div_ceil(8), steps.div_ceil(4)];
+        for (bound, gap) in bounds.flat_map(|b| gaps.map(|g| (b, g))) {
+            let options = SolveOptions::default()
+                .max_resident(args.max_resident)
+                .min_gap(gap);
+            let Ok(candidate) = solve_budget(&table, &cal_costs, bound, &options) else {
                 continue;
             };
             if tried.contains(&candidate.precisions) {
@@ -663,6 +703,11 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
         sigmas,
         kernel_path: haagenti_adaptive::kernels::kernel_path().to_string(),
         costs,
+        switch_costs: CostTable {
+            precisions: all.to_vec(),
+            seconds: per_step.switch.clone(),
+            batch: args.batch,
+        },
         runs,
         calibration,
         claim,

@@ -228,8 +228,8 @@ where
 }
 
 /// The cheapest schedule whose predicted final error stays within `budget` (an MSE against the
-/// FP32 run), using at most `max_resident` distinct precisions (each resident precision is a copy
-/// of the weights).
+/// FP32 run), under the solver's `options` (most resident precisions, each a copy of the
+/// weights; fewest steps between transitions; supported precisions).
 ///
 /// Errors of different steps add as vectors, so their RMS amplitudes add at most (triangle
 /// inequality): the schedule crate's exact solver
@@ -250,6 +250,7 @@ where
 /// ```
 /// use haagenti_adaptive_core::Precision::{FP32, INT4, INT8};
 /// use haagenti_adaptive_runtime::{CostTable, SensitivityTable, solve_budget};
+/// use haagenti_adaptive_schedule::solver::SolveOptions;
 ///
 /// let table = SensitivityTable {
 ///     sigmas: vec![10.0, 1.0, 0.1],
@@ -259,17 +260,19 @@ where
 /// };
 /// let costs = CostTable { precisions: vec![INT4, INT8, FP32], seconds: vec![1.0, 2.0, 4.0], batch: 1 };
 /// // RMS errors 0.1 + 0.2 + 0.01 fit in sqrt(0.1) = 0.316; INT4 at the last step would not.
-/// let a = solve_budget(&table, &costs, 0.1, 2)?;
+/// let two = SolveOptions::default().max_resident(2);
+/// let a = solve_budget(&table, &costs, 0.1, &two)?;
 /// assert_eq!(a.precisions, vec![INT4, INT4, INT8]);
 /// // With one resident precision, INT8 everywhere is the cheapest that fits.
-/// assert_eq!(solve_budget(&table, &costs, 0.1, 1)?.precisions, vec![INT8; 3]);
+/// let one = SolveOptions::default().max_resident(1);
+/// assert_eq!(solve_budget(&table, &costs, 0.1, &one)?.precisions, vec![INT8; 3]);
 /// # Ok::<(), haagenti_adaptive_runtime::RuntimeError>(())
 /// ```
 pub fn solve_budget(
     table: &SensitivityTable,
     costs: &CostTable,
     budget: f64,
-    max_resident: usize,
+    options: &SolveOptions,
 ) -> Result<Assignment> {
     if !(budget.is_finite() && budget >= 0.0) {
         return Err(RuntimeError::Calibration(format!(
@@ -296,10 +299,9 @@ pub fn solve_budget(
         .collect();
     let step_costs = precisions.iter().filter_map(|&p| costs.get(p)).collect();
     let errors_table = ErrorTable::new(precisions, None, errors, step_costs)?;
-    let options = SolveOptions::default().max_resident(max_resident);
     Ok(solve(
         &errors_table,
-        &options,
+        options,
         &ErrorBound::Total(budget.sqrt()),
     )?)
 }
@@ -308,6 +310,10 @@ pub fn solve_budget(
 mod tests {
     use super::*;
     use Precision::*;
+
+    fn resident(r: usize) -> SolveOptions {
+        SolveOptions::default().max_resident(r)
+    }
 
     fn table(errors: Vec<Vec<f64>>, precisions: Vec<Precision>) -> SensitivityTable {
         SensitivityTable {
@@ -340,7 +346,7 @@ mod tests {
         };
         for budget in [0.0, 0.01, 0.1, 0.5, 2.0, 10.0] {
             for r in [1, 2, 3] {
-                let got = solve_budget(&t, &costs, budget, r).unwrap();
+                let got = solve_budget(&t, &costs, budget, &resident(r)).unwrap();
                 let mut used = got.precisions.clone();
                 used.sort();
                 used.dedup();
@@ -375,11 +381,13 @@ mod tests {
             seconds: vec![1.0],
             batch: 1,
         };
-        assert!(solve_budget(&t, &costs, f64::NAN, 2).is_err());
-        assert!(solve_budget(&t, &costs, 0.1, 2).is_err()); // only INT4, over budget
-        assert!(solve_budget(&t, &costs, 1.0, 0).is_err());
+        assert!(solve_budget(&t, &costs, f64::NAN, &resident(2)).is_err());
+        assert!(solve_budget(&t, &costs, 0.1, &resident(2)).is_err()); // only INT4, over budget
+        assert!(solve_budget(&t, &costs, 1.0, &resident(0)).is_err());
         assert_eq!(
-            solve_budget(&t, &costs, 1.0, 2).unwrap().precisions,
+            solve_budget(&t, &costs, 1.0, &resident(2))
+                .unwrap()
+                .precisions,
             vec![INT4]
         );
         let none = CostTable {
@@ -387,6 +395,6 @@ mod tests {
             seconds: vec![],
             batch: 1,
         };
-        assert!(solve_budget(&t, &none, 1.0, 2).is_err());
+        assert!(solve_budget(&t, &none, 1.0, &resident(2)).is_err());
     }
 }

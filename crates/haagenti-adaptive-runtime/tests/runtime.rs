@@ -5,6 +5,7 @@ use haagenti_adaptive_runtime::{
     CostTable, Denoiser, Executor, GmmConfig, GmmModel, RunPlan, Sampler, gaussian_noise,
     karras_sigmas, measure_costs, mse, quality, sensitivity, solve_budget,
 };
+use haagenti_adaptive_schedule::solver::SolveOptions;
 
 fn tiny() -> GmmModel {
     GmmModel::new(GmmConfig {
@@ -117,13 +118,14 @@ fn calibration_on_a_tiny_model() {
         seconds: vec![1.0, 2.0, 3.0, 4.0],
         batch: 3,
     };
-    let zero = solve_budget(&table, &costs, 0.0, 2).unwrap().precisions;
+    let two = SolveOptions::default().max_resident(2);
+    let zero = solve_budget(&table, &costs, 0.0, &two).unwrap().precisions;
     assert!(zero.iter().all(|&p| table.error(0, p).is_some()));
     assert_eq!(table.predict(&zero).unwrap(), 0.0);
     // The RMS bound is the squared sum of per-step RMS errors.
     let rms: f64 = table.errors.iter().map(|r| r[0].sqrt()).sum();
     assert_eq!(
-        solve_budget(&table, &costs, rms * rms * 2.0, 2)
+        solve_budget(&table, &costs, rms * rms * 2.0, &two)
             .unwrap()
             .precisions,
         vec![INT4; steps]
