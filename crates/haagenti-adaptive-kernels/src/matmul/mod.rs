@@ -9,9 +9,10 @@
 //!   horizontal reductions; a single activation row runs a row kernel on the weights in place.
 //!   On aarch64 NEON (with `sdot` when present) runs a row kernel.
 //! - **F16 and BF16 weights**: converted to f32 on the fly; a streaming kernel for few activation
-//!   rows, and for many rows a converted f32 panel per tile handed to the `gemm` crate.
-//! - **F32 weights**: the `gemm` crate; on x86_64 a streaming kernel for few activation rows,
-//!   where `gemm` spends its time packing weights it uses once.
+//!   rows (AVX2 on x86_64, NEON on aarch64), and for many rows a converted f32 panel per tile
+//!   handed to the `gemm` crate.
+//! - **F32 weights**: the `gemm` crate; on x86_64 and aarch64 a streaming kernel for few
+//!   activation rows, where `gemm` spends its time packing weights it uses once.
 //!
 //! Work is split by [`Parallelism`] over tiles of weight rows (and of activation rows when there
 //! are few weight rows); inner kernels are single-threaded, and each task writes its tile of
@@ -616,11 +617,14 @@ mod x86 {
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64 {
-    //! The NEON driver: row kernels of `arch::aarch64::matmul_neon`, split by weight rows.
+    //! The NEON driver: row kernels of `arch::aarch64::matmul_neon` for quantized weights,
+    //! streaming kernels of `arch::aarch64::stream_neon` for few activation rows of float
+    //! weights, f32 panels and `gemm` for many; split by weight rows.
 
     use super::pack::PackedX;
     use super::{Parallelism, Shape, Task, f32_weights, gemm_f32, plan_tasks, run_tasks, threads};
     use crate::arch::aarch64::matmul_neon as k;
+    use crate::arch::aarch64::stream_neon as sk;
     use crate::dispatch::Neon;
     use crate::error::Result;
     use crate::format::Format;
@@ -628,6 +632,9 @@ mod aarch64 {
 
     /// Weight rows per task, at most.
     const NC: usize = 64;
+    /// From this many activation rows on, F16/BF16 weights go through f32 panels and gemm and
+    /// F32 weights through gemm; below it every float format streams.
+    const PANEL_MIN_M: usize = 8;
 
     #[allow(clippy::too_many_arguments)] // reason: the public arguments, checked
     pub(super) fn matmul(
@@ -643,12 +650,45 @@ mod aarch64 {
         let bytes = w.as_bytes();
         let th = threads(par);
         match w.format() {
+            // Few activation rows: gemm would pack the whole weight matrix for them; streaming
+            // the weights once is memory-bound instead.
+            Format::F32 if s.m < PANEL_MIN_M => {
+                let w = f32_weights(bytes);
+                let tasks = plan_tasks(s.n, 1, NC, 4, th);
+                run_tasks(
+                    &tasks,
+                    s.n,
+                    out,
+                    alpha,
+                    beta,
+                    par,
+                    |_| (0, s.m),
+                    |task, buf| sk::stream(t, &w, s, x, task.n0, task.n1, buf),
+                );
+            }
             Format::F32 => {
                 gemm_f32(x, &f32_weights(bytes), s.m, s.n, s.k, out, alpha, beta, par);
             }
-            Format::F16 | Format::BF16 => {
-                // No NEON half kernel yet: the portable path (converts on the fly).
-                super::scalar::matmul_par(x, s, w, out, alpha, beta, par)?;
+            f @ (Format::F16 | Format::BF16) => {
+                let bf = f == Format::BF16;
+                let tasks = plan_tasks(s.n, 1, NC, 4, th);
+                let panel = s.m >= PANEL_MIN_M;
+                run_tasks(
+                    &tasks,
+                    s.n,
+                    out,
+                    alpha,
+                    beta,
+                    par,
+                    |_| (0, s.m),
+                    |task, buf| {
+                        if panel {
+                            sk::half_panel_gemm(t, bf, bytes, s, x, task.n0, task.n1, buf);
+                        } else {
+                            sk::half_stream(t, bf, bytes, s, x, task.n0, task.n1, buf);
+                        }
+                    },
+                );
             }
             f @ (Format::Q8_0 | Format::Q4_0 | Format::Q4_1) => {
                 let packed = PackedX::new(x, s.m, s.k, par);

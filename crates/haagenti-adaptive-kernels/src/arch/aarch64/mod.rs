@@ -2,3 +2,4 @@
 
 pub(crate) mod matmul_neon;
 pub(crate) mod quant_neon;
+pub(crate) mod stream_neon;
