@@ -498,14 +498,104 @@ fn f32_weights(bytes: &[u8]) -> std::borrow::Cow<'_, [f32]> {
     }
 }
 
+/// Weight rows per task for float weights.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const NC_F: usize = 64;
+/// From this many activation rows on, F16/BF16 weights go through f32 panels and gemm and F32
+/// weights through gemm; below it every float format streams (gemm packs the whole weight matrix
+/// for a call, which at M = 4 costs about as much as at M = 16; streaming the weights once is
+/// memory-bound instead).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const PANEL_MIN_M: usize = 8;
+
+/// The float-weight kernels of one instruction set, behind the token that proves it.
+///
+/// Each writes weight rows `n0..n1` against every activation row into `buf`
+/// (`m x (n1 - n0)`), and does nothing when the lengths are inconsistent.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[allow(clippy::too_many_arguments)] // reason: one task's plain data
+trait FloatKernels: Copy + Sync {
+    /// f32 weights streamed, each row read once.
+    fn stream_f32(self, w: &[f32], s: &Shape, x: &[f32], n0: usize, n1: usize, buf: &mut [f32]);
+    /// f16 (`bf` false) or bf16 weight bytes streamed, widened on the fly.
+    fn half_stream(
+        self,
+        bf: bool,
+        w: &[u8],
+        s: &Shape,
+        x: &[f32],
+        n0: usize,
+        n1: usize,
+        buf: &mut [f32],
+    );
+    /// f16/bf16 weight rows converted to an f32 panel and handed to `gemm` on this thread.
+    fn half_panel_gemm(
+        self,
+        bf: bool,
+        w: &[u8],
+        s: &Shape,
+        x: &[f32],
+        n0: usize,
+        n1: usize,
+        buf: &mut [f32],
+    );
+}
+
+/// F32, F16 and BF16 weights on a SIMD path: streaming kernels below [`PANEL_MIN_M`] activation
+/// rows; above it gemm for F32 and f32 panels for F16/BF16.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[allow(clippy::too_many_arguments)] // reason: the public arguments, checked
+fn float_matmul<T: FloatKernels>(
+    t: T,
+    x: &[f32],
+    s: &Shape,
+    bytes: &[u8],
+    format: crate::format::Format,
+    out: &mut [f32],
+    alpha: f32,
+    beta: f32,
+    par: Parallelism,
+) {
+    use crate::format::Format;
+    let many = s.m >= PANEL_MIN_M;
+    if format == Format::F32 && many {
+        gemm_f32(x, &f32_weights(bytes), s.m, s.n, s.k, out, alpha, beta, par);
+        return;
+    }
+    let w32 = if format == Format::F32 {
+        f32_weights(bytes)
+    } else {
+        std::borrow::Cow::Borrowed(&[][..])
+    };
+    let bf = format == Format::BF16;
+    let tasks = plan_tasks(s.n, 1, NC_F, 4, threads(par));
+    run_tasks(
+        &tasks,
+        s.n,
+        out,
+        alpha,
+        beta,
+        par,
+        |_| (0, s.m),
+        |task, buf| {
+            let (n0, n1) = (task.n0, task.n1);
+            if format == Format::F32 {
+                t.stream_f32(&w32, s, x, n0, n1, buf);
+            } else if many {
+                t.half_panel_gemm(bf, bytes, s, x, n0, n1, buf);
+            } else {
+                t.half_stream(bf, bytes, s, x, n0, n1, buf);
+            }
+        },
+    );
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     //! The AVX2 driver: tiling and task split around the kernels of `arch::x86_64::matmul_avx2`.
 
     use super::pack::PackedX;
-    use super::{
-        Parallelism, Shape, Task, f32_weights, gemm_f32, plan_tasks, run_tasks, run_tiles, threads,
-    };
+    use super::{Parallelism, Shape, Task, plan_tasks, run_tiles, threads};
     use crate::arch::x86_64::matmul_avx2 as k;
     use crate::dispatch::Avx2;
     use crate::error::Result;
@@ -514,11 +604,44 @@ mod x86 {
 
     /// Weight rows per task, at most: a tile of quantized weights that stays in L2.
     const NC_Q: usize = 64;
-    /// Weight rows per task for F16/BF16 panels.
-    const NC_F: usize = 64;
-    /// From this many activation rows on, F16/BF16 weights go through f32 panels and gemm and
-    /// F32 weights through gemm; below it every float format streams.
-    const PANEL_MIN_M: usize = 8;
+
+    impl super::FloatKernels for Avx2 {
+        fn stream_f32(
+            self,
+            w: &[f32],
+            s: &Shape,
+            x: &[f32],
+            n0: usize,
+            n1: usize,
+            buf: &mut [f32],
+        ) {
+            k::stream(self, w, s, x, n0, n1, buf);
+        }
+        fn half_stream(
+            self,
+            bf: bool,
+            w: &[u8],
+            s: &Shape,
+            x: &[f32],
+            n0: usize,
+            n1: usize,
+            buf: &mut [f32],
+        ) {
+            k::half_stream(self, bf, w, s, x, n0, n1, buf);
+        }
+        fn half_panel_gemm(
+            self,
+            bf: bool,
+            w: &[u8],
+            s: &Shape,
+            x: &[f32],
+            n0: usize,
+            n1: usize,
+            buf: &mut [f32],
+        ) {
+            k::half_panel_gemm(self, bf, w, s, x, n0, n1, buf);
+        }
+    }
 
     #[allow(clippy::too_many_arguments)] // reason: the public arguments, checked
     pub(super) fn matmul(
@@ -534,56 +657,8 @@ mod x86 {
         let bytes = w.as_bytes();
         let th = threads(par);
         match w.format() {
-            // Few activation rows: gemm packs the whole weight matrix for them (at M = 4 it is
-            // nearly as slow as at M = 16); streaming the weights once is memory-bound instead.
-            Format::F32 if s.m < PANEL_MIN_M => {
-                let w = f32_weights(bytes);
-                let tasks = plan_tasks(s.n, 1, NC_F, 4, th);
-                run_tasks(
-                    &tasks,
-                    s.n,
-                    out,
-                    alpha,
-                    beta,
-                    par,
-                    |_| (0, s.m),
-                    |task, buf| k::stream(t, &w, s, x, task.n0, task.n1, buf),
-                );
-            }
-            Format::F32 => {
-                gemm_f32(x, &f32_weights(bytes), s.m, s.n, s.k, out, alpha, beta, par);
-            }
-            f @ (Format::F16 | Format::BF16) => {
-                let bf = f == Format::BF16;
-                if s.m >= PANEL_MIN_M {
-                    let tasks = plan_tasks(s.n, 1, NC_F, 4, th);
-                    run_tasks(
-                        &tasks,
-                        s.n,
-                        out,
-                        alpha,
-                        beta,
-                        par,
-                        |_| (0, s.m),
-                        |task, buf| {
-                            k::half_panel_gemm(t, bf, bytes, s, x, task.n0, task.n1, buf);
-                        },
-                    );
-                } else {
-                    let tasks = plan_tasks(s.n, 1, NC_F, 4, th);
-                    run_tasks(
-                        &tasks,
-                        s.n,
-                        out,
-                        alpha,
-                        beta,
-                        par,
-                        |_| (0, s.m),
-                        |task, buf| {
-                            k::half_stream(t, bf, bytes, s, x, task.n0, task.n1, buf);
-                        },
-                    );
-                }
+            f @ (Format::F32 | Format::F16 | Format::BF16) => {
+                super::float_matmul(t, x, s, bytes, f, out, alpha, beta, par);
             }
             f @ (Format::Q8_0 | Format::Q4_0 | Format::Q4_1) => {
                 let packed = PackedX::new(x, s.m, s.k, par);
@@ -622,7 +697,7 @@ mod aarch64 {
     //! weights, f32 panels and `gemm` for many; split by weight rows.
 
     use super::pack::PackedX;
-    use super::{Parallelism, Shape, Task, f32_weights, gemm_f32, plan_tasks, run_tasks, threads};
+    use super::{Parallelism, Shape, Task, plan_tasks, run_tasks, threads};
     use crate::arch::aarch64::matmul_neon as k;
     use crate::arch::aarch64::stream_neon as sk;
     use crate::dispatch::Neon;
@@ -632,9 +707,44 @@ mod aarch64 {
 
     /// Weight rows per task, at most.
     const NC: usize = 64;
-    /// From this many activation rows on, F16/BF16 weights go through f32 panels and gemm and
-    /// F32 weights through gemm; below it every float format streams.
-    const PANEL_MIN_M: usize = 8;
+
+    impl super::FloatKernels for Neon {
+        fn stream_f32(
+            self,
+            w: &[f32],
+            s: &Shape,
+            x: &[f32],
+            n0: usize,
+            n1: usize,
+            buf: &mut [f32],
+        ) {
+            sk::stream(self, w, s, x, n0, n1, buf);
+        }
+        fn half_stream(
+            self,
+            bf: bool,
+            w: &[u8],
+            s: &Shape,
+            x: &[f32],
+            n0: usize,
+            n1: usize,
+            buf: &mut [f32],
+        ) {
+            sk::half_stream(self, bf, w, s, x, n0, n1, buf);
+        }
+        fn half_panel_gemm(
+            self,
+            bf: bool,
+            w: &[u8],
+            s: &Shape,
+            x: &[f32],
+            n0: usize,
+            n1: usize,
+            buf: &mut [f32],
+        ) {
+            sk::half_panel_gemm(self, bf, w, s, x, n0, n1, buf);
+        }
+    }
 
     #[allow(clippy::too_many_arguments)] // reason: the public arguments, checked
     pub(super) fn matmul(
@@ -650,45 +760,8 @@ mod aarch64 {
         let bytes = w.as_bytes();
         let th = threads(par);
         match w.format() {
-            // Few activation rows: gemm would pack the whole weight matrix for them; streaming
-            // the weights once is memory-bound instead.
-            Format::F32 if s.m < PANEL_MIN_M => {
-                let w = f32_weights(bytes);
-                let tasks = plan_tasks(s.n, 1, NC, 4, th);
-                run_tasks(
-                    &tasks,
-                    s.n,
-                    out,
-                    alpha,
-                    beta,
-                    par,
-                    |_| (0, s.m),
-                    |task, buf| sk::stream(t, &w, s, x, task.n0, task.n1, buf),
-                );
-            }
-            Format::F32 => {
-                gemm_f32(x, &f32_weights(bytes), s.m, s.n, s.k, out, alpha, beta, par);
-            }
-            f @ (Format::F16 | Format::BF16) => {
-                let bf = f == Format::BF16;
-                let tasks = plan_tasks(s.n, 1, NC, 4, th);
-                let panel = s.m >= PANEL_MIN_M;
-                run_tasks(
-                    &tasks,
-                    s.n,
-                    out,
-                    alpha,
-                    beta,
-                    par,
-                    |_| (0, s.m),
-                    |task, buf| {
-                        if panel {
-                            sk::half_panel_gemm(t, bf, bytes, s, x, task.n0, task.n1, buf);
-                        } else {
-                            sk::half_stream(t, bf, bytes, s, x, task.n0, task.n1, buf);
-                        }
-                    },
-                );
+            f @ (Format::F32 | Format::F16 | Format::BF16) => {
+                super::float_matmul(t, x, s, bytes, f, out, alpha, beta, par);
             }
             f @ (Format::Q8_0 | Format::Q4_0 | Format::Q4_1) => {
                 let packed = PackedX::new(x, s.m, s.k, par);
