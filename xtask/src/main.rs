@@ -6,6 +6,11 @@
 //!   (and candle's quantized matmul with `--candle`), as ratios measured in one run; `--cold` reads
 //!   every kernel's weights from memory rather than cache.
 //! - `cargo xtask bench schedule`: schedule generation and planning (criterion).
+//! - `cargo xtask fetch-model terrain`: downloads the terrain UNet's wheel with pip, checks the
+//!   ONNX file's sha256 and stores it in the model folder (`HAAGENTI_MODELS`, by default
+//!   `~/.cache/haagenti-adaptive/models`); does nothing when the file is already there.
+
+mod fetch_model;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,7 +21,8 @@ const USAGE: &str = "usage:
   cargo xtask ci
   cargo xtask bench kernels [--candle] [--quick] [--cold] [--json FILE] [--threads 1,2]
                             [--shapes MxKxN,...] [--no-throughput]
-  cargo xtask bench schedule [criterion args]";
+  cargo xtask bench schedule [criterion args]
+  cargo xtask fetch-model terrain";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -37,6 +43,7 @@ fn main() -> anyhow::Result<()> {
             cmd.args(rest);
             run(cmd)
         }
+        ["fetch-model", name] => fetch_model::fetch(name),
         ["help" | "--help" | "-h"] => {
             println!("{USAGE}");
             Ok(())
