@@ -118,8 +118,18 @@ pub struct ErrorTable {
     pub sigmas: Option<Vec<f64>>,
     /// `errors[step][column]`.
     pub errors: Vec<Vec<f64>>,
-    /// `costs[column]`: the cost of one step at that precision.
+    /// `costs[column]`: the cost of one step at that precision, where `step_costs` is absent.
     pub costs: Vec<f64>,
+    /// `step_costs[step][column]`: the cost of that step at that precision, when steps differ
+    /// (a sampler whose last step makes fewer evaluations, a model whose cost moves with the
+    /// noise level). When present it replaces `costs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_costs: Option<Vec<Vec<f64>>>,
+    /// `switch_costs[column]`: the extra cost of a step at that precision when the step before
+    /// ran another precision, or when it is the first step (its weights start cold). Absent:
+    /// switching is free.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch_costs: Option<Vec<f64>>,
 }
 
 /// The serialised form of an [`ErrorTable`], validated before it becomes one.
@@ -130,13 +140,26 @@ struct ErrorTableData {
     sigmas: Option<Vec<f64>>,
     errors: Vec<Vec<f64>>,
     costs: Vec<f64>,
+    #[serde(default)]
+    step_costs: Option<Vec<Vec<f64>>>,
+    #[serde(default)]
+    switch_costs: Option<Vec<f64>>,
 }
 
 impl TryFrom<ErrorTableData> for ErrorTable {
     type Error = AdaptiveError;
 
     fn try_from(d: ErrorTableData) -> Result<Self> {
-        ErrorTable::new(d.precisions, d.sigmas, d.errors, d.costs)
+        let t = ErrorTable {
+            precisions: d.precisions,
+            sigmas: d.sigmas,
+            errors: d.errors,
+            costs: d.costs,
+            step_costs: d.step_costs,
+            switch_costs: d.switch_costs,
+        };
+        t.validate()?;
+        Ok(t)
     }
 }
 
@@ -157,14 +180,70 @@ impl ErrorTable {
             sigmas,
             errors,
             costs,
+            step_costs: None,
+            switch_costs: None,
         };
         t.validate()?;
         Ok(t)
     }
 
+    /// The table with a cost for every step and precision (`step_costs[step][column]`), which
+    /// replaces the per-precision `costs`.
+    ///
+    /// # Errors
+    ///
+    /// [`AdaptiveError::ScheduleError`] naming the bad entry: a row count other than the
+    /// table's steps, a row of the wrong length, a negative or non-finite cost.
+    pub fn with_step_costs(mut self, step_costs: Vec<Vec<f64>>) -> Result<Self> {
+        self.step_costs = Some(step_costs);
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// The table with the extra cost of a step at each precision after a step at another
+    /// precision (and of the first step), `switch_costs[column]`.
+    ///
+    /// # Errors
+    ///
+    /// [`AdaptiveError::ScheduleError`] for the wrong length or a negative or non-finite cost.
+    pub fn with_switch_costs(mut self, switch_costs: Vec<f64>) -> Result<Self> {
+        self.switch_costs = Some(switch_costs);
+        self.validate()?;
+        Ok(self)
+    }
+
     /// The number of steps (rows).
     pub fn steps(&self) -> usize {
         self.errors.len()
+    }
+
+    /// The cost of step `step` at column `col`, switch cost excluded.
+    pub fn step_cost(&self, step: usize, col: usize) -> f64 {
+        match &self.step_costs {
+            Some(rows) => rows[step][col],
+            None => self.costs[col],
+        }
+    }
+
+    /// The extra cost of a step at column `col` after a step at another column (or as the first
+    /// step).
+    pub fn switch_cost(&self, col: usize) -> f64 {
+        self.switch_costs.as_ref().map_or(0.0, |s| s[col])
+    }
+
+    /// The total cost of running column `cols[i]` at step `i`: step costs plus a switch cost at
+    /// the first step and wherever the column changes, summed in step order as [`solve`] does.
+    ///
+    /// # Panics
+    ///
+    /// If `cols` has more entries than the table has steps or names a column it lacks.
+    pub fn sequence_cost(&self, cols: &[usize]) -> f64 {
+        let mut total = 0.0;
+        for (i, &j) in cols.iter().enumerate() {
+            let switched = i == 0 || cols[i - 1] != j;
+            total += self.step_cost(i, j) + if switched { self.switch_cost(j) } else { 0.0 };
+        }
+        total
     }
 
     /// Checks dimensions and values.
@@ -212,6 +291,44 @@ impl ErrorTable {
                         "errors[{i}][{j}] (step {i}, {}) {why}",
                         self.precisions[j]
                     ))
+                })?;
+            }
+        }
+        if let Some(rows) = &self.step_costs {
+            if rows.len() != self.errors.len() {
+                return Err(err(format!(
+                    "step_costs has {} rows for {} steps",
+                    rows.len(),
+                    self.errors.len()
+                )));
+            }
+            for (i, row) in rows.iter().enumerate() {
+                if row.len() != cols {
+                    return Err(err(format!(
+                        "step_costs row {i} has {} entries for {cols} precisions",
+                        row.len()
+                    )));
+                }
+                for (j, &c) in row.iter().enumerate() {
+                    check_value(c).map_err(|why| {
+                        err(format!(
+                            "step_costs[{i}][{j}] (step {i}, {}) {why}",
+                            self.precisions[j]
+                        ))
+                    })?;
+                }
+            }
+        }
+        if let Some(switch) = &self.switch_costs {
+            if switch.len() != cols {
+                return Err(err(format!(
+                    "switch_costs has {} entries for {cols} precisions",
+                    switch.len()
+                )));
+            }
+            for (j, &c) in switch.iter().enumerate() {
+                check_value(c).map_err(|why| {
+                    err(format!("switch_costs[{j}] ({}) {why}", self.precisions[j]))
                 })?;
             }
         }
@@ -543,7 +660,18 @@ pub fn solve(table: &ErrorTable, options: &SolveOptions, bound: &ErrorBound) -> 
         ErrorBound::Total(b) => Mode::Pareto { budget: *b },
         _ => Mode::Lexicographic,
     };
-    if let Some(best) = problem.best_over_subsets(&candidates, k, mode, Objective::Cost) {
+    let states = steps
+        .checked_mul(k)
+        .and_then(|n| n.checked_mul(problem.gap.min(steps)))
+        .filter(|&n| n <= MAX_LABELS);
+    if states.is_none() {
+        return Err(err(format!(
+            "{steps} steps x {k} precisions x min_gap {} is more dynamic-programming states \
+             than the solver's limit of {MAX_LABELS}",
+            problem.gap.min(steps)
+        )));
+    }
+    if let Some(best) = problem.best_over_subsets(&candidates, k, mode, Objective::Cost)? {
         return Ok(best);
     }
     Err(err(infeasible_reason(
@@ -552,8 +680,15 @@ pub fn solve(table: &ErrorTable, options: &SolveOptions, bound: &ErrorBound) -> 
         k,
         options,
         bound,
-    )))
+    )?))
 }
+
+/// The most partial assignments the solver keeps at once (each 32 bytes, so at most 128 MiB).
+///
+/// The per-step-bound solve keeps `steps x precisions x min(min_gap, steps)` of them, which
+/// [`solve`] checks before it allocates; the total-budget solve keeps a Pareto front a state,
+/// and stops with an error if the fronts together outgrow this.
+pub const MAX_LABELS: usize = 1 << 22;
 
 fn list(ps: &[Precision]) -> String {
     ps.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
@@ -566,7 +701,7 @@ fn infeasible_reason(
     k: usize,
     options: &SolveOptions,
     bound: &ErrorBound,
-) -> String {
+) -> Result<String> {
     let constraints = format!(
         "at most {k} resident precision{} of {} and transitions at least {} steps apart",
         if k == 1 { "" } else { "s" },
@@ -583,15 +718,15 @@ fn infeasible_reason(
             // Without the budget the constraints are always satisfiable (one precision, no
             // transition), so the least-error assignment exists.
             let least =
-                problem.best_over_subsets(candidates, k, Mode::Lexicographic, Objective::Error);
-            match least {
+                problem.best_over_subsets(candidates, k, Mode::Lexicographic, Objective::Error)?;
+            Ok(match least {
                 Some(a) => format!(
                     "the smallest total error reachable with {constraints} is {}, above the \
                      budget {b}",
                     a.total_error
                 ),
                 None => format!("no assignment satisfies {constraints}"),
-            }
+            })
         }
         _ => {
             let mut hints = Vec::new();
@@ -602,7 +737,7 @@ fn infeasible_reason(
                         candidates.len(),
                         Mode::Lexicographic,
                         Objective::Cost,
-                    )
+                    )?
                     .is_some()
             {
                 hints.push("allowing more resident precisions would make it feasible");
@@ -613,7 +748,7 @@ fn infeasible_reason(
                     ..problem.clone()
                 };
                 if free
-                    .best_over_subsets(candidates, k, Mode::Lexicographic, Objective::Cost)
+                    .best_over_subsets(candidates, k, Mode::Lexicographic, Objective::Cost)?
                     .is_some()
                 {
                     hints.push("a smaller min_gap would make it feasible");
@@ -625,7 +760,7 @@ fn infeasible_reason(
                 msg.push_str(": ");
                 msg.push_str(&hints.join("; "));
             }
-            msg
+            Ok(msg)
         }
     }
 }
@@ -671,28 +806,31 @@ impl Problem<'_> {
         k: usize,
         mode: Mode,
         objective: Objective,
-    ) -> Option<Assignment> {
+    ) -> Result<Option<Assignment>> {
         let mut best: Option<Assignment> = None;
         if let Mode::Pareto { budget } = mode {
             // The least-error assignment is a cheap first incumbent: if even it misses the budget
             // nothing meets it, and otherwise its cost bounds the optimum's from above.
-            let least =
-                self.best_over_subsets(candidates, k, Mode::Lexicographic, Objective::Error)?;
+            let Some(least) =
+                self.best_over_subsets(candidates, k, Mode::Lexicographic, Objective::Error)?
+            else {
+                return Ok(None);
+            };
             if least.total_error > budget {
-                return None;
+                return Ok(None);
             }
             best = Some(least);
         }
         for subset in subsets(candidates, k) {
             let upper = best.as_ref().map(|b| b.total_cost);
-            if let Some(a) = self.solve_subset(&subset, mode, objective, upper) {
+            if let Some(a) = self.solve_subset(&subset, mode, objective, upper)? {
                 best = match best {
                     Some(b) if !assignment_better(&a, &b, objective) => Some(b),
                     _ => Some(a),
                 };
             }
         }
-        best
+        Ok(best)
     }
 
     fn solve_subset(
@@ -701,10 +839,11 @@ impl Problem<'_> {
         mode: Mode,
         objective: Objective,
         upper_cost: Option<f64>,
-    ) -> Option<Assignment> {
+    ) -> Result<Option<Assignment>> {
         let table = self.table;
         let steps = table.steps();
-        let g = self.gap;
+        // A run never outgrows the table, so longer gaps behave as `steps`.
+        let g = self.gap.min(steps);
         // Lower bounds on what steps after `i` add: the cheapest and the least-error allowed
         // precision of each later step, ignoring the gap constraint.
         let mut rest_cost = vec![0.0; steps];
@@ -713,7 +852,7 @@ impl Problem<'_> {
             let allowed = subset.iter().filter(|&&j| self.allowed[i + 1][j]);
             let c = allowed
                 .clone()
-                .map(|&j| table.costs[j])
+                .map(|&j| table.step_cost(i + 1, j))
                 .fold(f64::INFINITY, f64::min);
             let e = allowed
                 .map(|&j| table.errors[i + 1][j])
@@ -754,7 +893,7 @@ impl Problem<'_> {
                 continue;
             }
             let label = Label {
-                cost: table.costs[j],
+                cost: table.step_cost(0, j) + table.switch_cost(j),
                 error: table.errors[0][j],
                 col: j,
                 parent: ROOT,
@@ -777,7 +916,10 @@ impl Problem<'_> {
                                 continue;
                             }
                             let label = Label {
-                                cost: l.cost + table.costs[j],
+                                // Summed as `sequence_cost` sums, so totals agree exactly.
+                                cost: l.cost
+                                    + (table.step_cost(i, j)
+                                        + if t == s { 0.0 } else { table.switch_cost(j) }),
                                 error: l.error + table.errors[i][j],
                                 col: j,
                                 parent: li,
@@ -820,6 +962,12 @@ impl Problem<'_> {
                     }
                 }
             }
+            if arena.len() > MAX_LABELS {
+                return Err(err(format!(
+                    "the solver's Pareto fronts outgrew its limit of {MAX_LABELS} partial \
+                     assignments at step {i} of {steps}"
+                )));
+            }
         }
         let mut best: Option<Label> = None;
         for &li in layer.iter().flatten() {
@@ -829,7 +977,9 @@ impl Problem<'_> {
                 _ => Some(l),
             };
         }
-        let best = best?;
+        let Some(best) = best else {
+            return Ok(None);
+        };
         let mut precisions = Vec::with_capacity(steps);
         precisions.push(table.precisions[best.col]);
         let mut p = best.parent;
@@ -838,11 +988,11 @@ impl Problem<'_> {
             p = arena[p].parent;
         }
         precisions.reverse();
-        Some(Assignment {
+        Ok(Some(Assignment {
             precisions,
             total_cost: best.cost,
             total_error: best.error,
-        })
+        }))
     }
 
     /// Orders two partial assignments of the same length: smaller primary total first, then

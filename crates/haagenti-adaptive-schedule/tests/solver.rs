@@ -40,12 +40,19 @@ fn feasible(t: &ErrorTable, o: &SolveOptions, b: &ErrorBound, seq: &[usize]) -> 
     }
 }
 
-/// Cost and error summed in step order, as the solver documents.
+/// Cost and error summed in step order, as the solver documents: a step's cost (per step when
+/// the table has per-step costs) plus its precision's switch cost at the first step and wherever
+/// the precision changes.
 fn totals(t: &ErrorTable, seq: &[usize]) -> (f64, f64) {
     let mut cost = 0.0;
     let mut error = 0.0;
     for (i, &j) in seq.iter().enumerate() {
-        cost += t.costs[j];
+        let step = t.step_costs.as_ref().map_or(t.costs[j], |rows| rows[i][j]);
+        let switch = match &t.switch_costs {
+            Some(sw) if i == 0 || seq[i - 1] != j => sw[j],
+            _ => 0.0,
+        };
+        cost += step + switch;
         error += t.errors[i][j];
     }
     (cost, error)
@@ -116,10 +123,28 @@ fn instance(
                 values.clone(),
                 proptest::collection::vec(values.clone(), steps),
                 any::<bool>(),
+                proptest::option::of(proptest::collection::vec(
+                    proptest::collection::vec(values.clone(), cols),
+                    steps,
+                )),
+                proptest::option::of(proptest::collection::vec(values.clone(), cols)),
             )
         })
         .prop_map(
-            |(precisions, errors, costs, mask, min_gap, max_resident, bound_kind, x, taus, all)| {
+            |(
+                precisions,
+                errors,
+                costs,
+                mask,
+                min_gap,
+                max_resident,
+                bound_kind,
+                x,
+                taus,
+                all,
+                step_costs,
+                switch_costs,
+            )| {
                 let supported = if all {
                     None
                 } else {
@@ -138,7 +163,13 @@ fn instance(
                     // Total budgets scaled so that some are feasible and some not.
                     _ => ErrorBound::Total(x * errors.len() as f64 / 2.0),
                 };
-                let table = ErrorTable::new(precisions, None, errors, costs).unwrap();
+                let mut table = ErrorTable::new(precisions, None, errors, costs).unwrap();
+                if let Some(rows) = step_costs {
+                    table = table.with_step_costs(rows).unwrap();
+                }
+                if let Some(sw) = switch_costs {
+                    table = table.with_switch_costs(sw).unwrap();
+                }
                 (
                     table,
                     SolveOptions {
@@ -659,4 +690,79 @@ fn realistic_instance_solves_exactly_at_scale() {
     assert!(total.total_cost <= per_step.total_cost);
     assert!(total.total_error <= per_step.total_error);
     assert!(total.resident().len() <= 3);
+}
+
+#[test]
+fn switch_costs_make_short_excursions_unprofitable() {
+    // INT4 saves 1 a step over FP16 everywhere except step 2, where only FP16 meets the bound.
+    let t = table(
+        vec![INT4, FP16],
+        vec![
+            vec![0.0, 0.0],
+            vec![0.0, 0.0],
+            vec![1.0, 0.0],
+            vec![0.0, 0.0],
+        ],
+        vec![1.0, 2.0],
+    );
+    let b = ErrorBound::MaxPerStep(0.5);
+    let free = solve(&t, &SolveOptions::default(), &b).unwrap();
+    assert_eq!(free.precisions, vec![INT4, INT4, FP16, INT4]);
+    assert_eq!(free.total_cost, 5.0);
+    // Switching into INT4 costs 1.5: returning to INT4 for the last step no longer pays, and
+    // the first step pays its precision's switch cost too.
+    let t = t.with_switch_costs(vec![1.5, 0.25]).unwrap();
+    let a = solve(&t, &SolveOptions::default(), &b).unwrap();
+    assert_eq!(a.precisions, vec![INT4, INT4, FP16, FP16]);
+    assert_eq!(a.total_cost, 1.5 + 1.0 + 1.0 + 0.25 + 2.0 + 2.0);
+    assert_eq!(t.sequence_cost(&[0, 0, 1, 1]), a.total_cost);
+}
+
+#[test]
+fn per_step_costs_replace_per_precision_costs() {
+    // INT4 is cheaper at the first two steps only (a sampler's steps need not cost the same).
+    let t = table(vec![INT4, FP16], vec![vec![0.0, 0.0]; 4], vec![1.0, 2.0])
+        .with_step_costs(vec![
+            vec![1.0, 2.0],
+            vec![1.0, 2.0],
+            vec![3.0, 2.0],
+            vec![3.0, 2.0],
+        ])
+        .unwrap();
+    let a = solve(&t, &SolveOptions::default(), &ErrorBound::Total(0.0)).unwrap();
+    assert_eq!(a.precisions, vec![INT4, INT4, FP16, FP16]);
+    assert_eq!(a.total_cost, 6.0);
+    let bad = table(vec![INT4, FP16], vec![vec![0.0, 0.0]; 2], vec![1.0, 2.0]);
+    assert!(
+        message(bad.clone().with_step_costs(vec![vec![1.0, 2.0]])).contains("1 rows for 2 steps")
+    );
+    assert!(
+        message(
+            bad.clone()
+                .with_step_costs(vec![vec![1.0, 2.0], vec![1.0, -2.0]])
+        )
+        .contains("step_costs[1][1]")
+    );
+    assert!(
+        message(bad.with_switch_costs(vec![f64::NAN, 0.0]))
+            .contains("switch_costs[0] (INT4) is NaN")
+    );
+}
+
+#[test]
+fn oversized_problems_are_refused_before_allocating() {
+    // 2^20 steps x 2 precisions x gap 4 is 8 Mi states, above the limit: an error, not an
+    // allocation of gigabytes.
+    let steps = 1 << 20;
+    let t = table(
+        vec![INT4, FP16],
+        vec![vec![0.0, 0.0]; steps],
+        vec![1.0, 2.0],
+    );
+    let m = message(solve(
+        &t,
+        &SolveOptions::default().min_gap(4),
+        &ErrorBound::MaxPerStep(1.0),
+    ));
+    assert!(m.contains("limit"), "{m}");
 }
