@@ -71,6 +71,14 @@ pub enum KernelError {
         /// Columns asked for.
         cols: usize,
     },
+
+    /// Convolution parameters that give no output: a zero stride, an empty kernel window, or a
+    /// window larger than the padded input.
+    #[error("invalid convolution: {reason}")]
+    InvalidConvolution {
+        /// What is wrong.
+        reason: &'static str,
+    },
 }
 
 /// `Result` with [`KernelError`].

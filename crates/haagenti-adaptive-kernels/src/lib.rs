@@ -9,7 +9,9 @@
 //!   quantizes from and dequantizes to `f32`, and converts between formats.
 //! - [`quantize_row_q8_0`] and the other slice kernels work on [`blocks`] directly; [`scalar`]
 //!   holds their portable oracles.
-//! - [`matmul`] multiplies f32 activations by quantized weights; [`error_stats`] measures a
+//! - [`matmul`] multiplies f32 activations by quantized weights; [`conv2d`] convolves NHWC f32
+//!   images with a [`ConvWeight`] in any format (im2col tiles over the same kernels), with
+//!   [`conv2d_scalar`] as its oracle; [`error_stats`] measures a
 //!   reconstruction (MSE, max abs error, SQNR, cosine).
 //!
 //! Bad input (a row length a block format cannot split, lengths that disagree, NaN or infinite
@@ -56,8 +58,10 @@
 
 pub mod blocks;
 pub mod checkpoint;
+pub mod conv;
 mod matmul;
 
+pub use conv::{Conv2dParams, Conv2dShape, ConvWeight, IM2COL_TILE_BYTES, conv2d, conv2d_scalar};
 pub use matmul::{Parallelism, matmul, matmul_acc, matmul_scalar};
 
 mod arch;

@@ -26,6 +26,7 @@ mod scalar;
 use rayon::prelude::*;
 
 use crate::error::{KernelError, Result};
+use crate::format::Format;
 use crate::tensor::QuantizedTensor;
 
 pub use scalar::matmul_scalar;
@@ -129,15 +130,94 @@ pub fn matmul_acc(
         epilogue_zero(out, beta);
         return Ok(());
     }
+    if w.format().is_block() {
+        let xq = pack::PackedX::new(x, shape.m, shape.k, par);
+        return quant_matmul(&xq, &shape, w, out, alpha, beta, par);
+    }
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = crate::dispatch::avx2() {
-        return x86::matmul(t, x, &shape, w, out, alpha, beta, par);
+        float_matmul(
+            t,
+            x,
+            &shape,
+            w.as_bytes(),
+            w.format(),
+            out,
+            alpha,
+            beta,
+            par,
+        );
+        return Ok(());
     }
     #[cfg(target_arch = "aarch64")]
     if let Some(t) = crate::dispatch::neon() {
-        return aarch64::matmul(t, x, &shape, w, out, alpha, beta, par);
+        float_matmul(
+            t,
+            x,
+            &shape,
+            w.as_bytes(),
+            w.format(),
+            out,
+            alpha,
+            beta,
+            par,
+        );
+        return Ok(());
     }
     scalar::matmul_par(x, &shape, w, out, alpha, beta, par)
+}
+
+/// `out = beta * out + alpha * (xq · wᵀ)` for block-format weights (Q8_0, Q4_0, Q4_1) and
+/// activation rows already quantized to Q8_0 ([`PackedX::quantize`](pack::PackedX::quantize),
+/// or gathered from such rows with [`PackedX::from_rows`](pack::PackedX::from_rows)): the
+/// second half of [`matmul_acc`], for callers that reuse quantized activations (the 9 taps of
+/// a 3x3 convolution). `m` is `xq`'s row count, `k` its `32 * nb`.
+///
+/// # Errors
+///
+/// - [`KernelError::UnsupportedConversion`] when `w` is not a block format;
+/// - [`KernelError::ShapeMismatch`] when `w.cols() != xq.k()` or `out.len() != m * n`;
+/// - [`KernelError::SizeOverflow`], [`KernelError::InvalidData`] as [`matmul`].
+#[allow(dead_code)] // reason: the convolution's entry point
+pub(crate) fn matmul_q8_activations(
+    xq: &pack::PackedX,
+    w: &QuantizedTensor,
+    out: &mut [f32],
+    alpha: f32,
+    beta: f32,
+    par: Parallelism,
+) -> Result<()> {
+    let shape = Shape::check_packed(xq, w, out)?;
+    if shape.m == 0 || shape.n == 0 {
+        return Ok(());
+    }
+    if shape.k == 0 {
+        epilogue_zero(out, beta);
+        return Ok(());
+    }
+    quant_matmul(xq, &shape, w, out, alpha, beta, par)
+}
+
+/// Block-format weights against quantized activation rows on the dispatched path; `s` was
+/// checked against `xq`, `w` and `out`, and is not empty.
+fn quant_matmul(
+    xq: &pack::PackedX,
+    s: &Shape,
+    w: &QuantizedTensor,
+    out: &mut [f32],
+    alpha: f32,
+    beta: f32,
+    par: Parallelism,
+) -> Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(t) = crate::dispatch::avx2() {
+        return x86::quant_matmul(t, xq, s, w, out, alpha, beta, par);
+    }
+    #[cfg(target_arch = "aarch64")]
+    if let Some(t) = crate::dispatch::neon() {
+        return aarch64::quant_matmul(t, xq, s, w, out, alpha, beta, par);
+    }
+    scalar::quant_par(xq, s, w, out, alpha, beta, par)
 }
 
 /// A checked problem shape.
@@ -177,6 +257,48 @@ impl Shape {
                 actual: out.len(),
             });
         }
+        if let Some(index) = first_non_finite(x) {
+            return Err(KernelError::NonFinite {
+                index,
+                value: x[index],
+            });
+        }
+        Self::check_weights(m, w)
+    }
+
+    /// Checks `xq` (packed activation rows), block-format `w` and `out` against each other.
+    fn check_packed(xq: &pack::PackedX, w: &QuantizedTensor, out: &[f32]) -> Result<Shape> {
+        let format = w.format();
+        if !format.is_block() {
+            return Err(KernelError::UnsupportedConversion {
+                from: Format::Q8_0,
+                to: format,
+            });
+        }
+        let (m, n, k) = (xq.m, w.rows(), w.cols());
+        if xq.k() != k {
+            return Err(KernelError::ShapeMismatch {
+                what: "packed activation row length",
+                expected: k,
+                actual: xq.k(),
+            });
+        }
+        let mn = m
+            .checked_mul(n)
+            .ok_or(KernelError::SizeOverflow { rows: m, cols: n })?;
+        if out.len() != mn {
+            return Err(KernelError::ShapeMismatch {
+                what: "out",
+                expected: mn,
+                actual: out.len(),
+            });
+        }
+        Self::check_weights(m, w)
+    }
+
+    /// Checks `w`'s bytes against its shape.
+    fn check_weights(m: usize, w: &QuantizedTensor) -> Result<Shape> {
+        let (n, k) = (w.rows(), w.cols());
         let format = w.format();
         let row_bytes = format.row_bytes(k)?;
         let total = row_bytes
@@ -187,12 +309,6 @@ impl Shape {
                 "{format} weights of shape [{n}, {k}] need {total} bytes, found {}",
                 w.as_bytes().len()
             )));
-        }
-        if let Some(index) = first_non_finite(x) {
-            return Err(KernelError::NonFinite {
-                index,
-                value: x[index],
-            });
         }
         Ok(Shape { m, n, k, row_bytes })
     }
@@ -599,7 +715,6 @@ mod x86 {
     use crate::arch::x86_64::matmul_avx2 as k;
     use crate::dispatch::Avx2;
     use crate::error::Result;
-    use crate::format::Format;
     use crate::tensor::QuantizedTensor;
 
     /// Weight rows per task, at most: a tile of quantized weights that stays in L2.
@@ -643,10 +758,11 @@ mod x86 {
         }
     }
 
+    /// Block-format weights against activation rows quantized in `packed`.
     #[allow(clippy::too_many_arguments)] // reason: the public arguments, checked
-    pub(super) fn matmul(
+    pub(super) fn quant_matmul(
         t: Avx2,
-        x: &[f32],
+        packed: &PackedX,
         s: &Shape,
         w: &QuantizedTensor,
         out: &mut [f32],
@@ -654,38 +770,29 @@ mod x86 {
         beta: f32,
         par: Parallelism,
     ) -> Result<()> {
-        let bytes = w.as_bytes();
-        let th = threads(par);
-        match w.format() {
-            f @ (Format::F32 | Format::F16 | Format::BF16) => {
-                super::float_matmul(t, x, s, bytes, f, out, alpha, beta, par);
-            }
-            f @ (Format::Q8_0 | Format::Q4_0 | Format::Q4_1) => {
-                let packed = PackedX::new(x, s.m, s.k, par);
-                // Row groups of the kernel's pass size, so tasks split rows between passes.
-                let mr = k::rows_per_pass(s.m);
-                let tasks = plan_tasks(s.n, s.m.div_ceil(mr), NC_Q, 8, th);
-                let rows = |task: &Task| {
-                    let r0 = task.g0 * mr;
-                    (r0, (task.g1 * mr).min(s.m) - r0)
-                };
-                run_tiles(&tasks, s.n, out, alpha, beta, par, rows, |task, tile| {
-                    let (r0, count) = rows(task);
-                    k::quant_task(
-                        t,
-                        f,
-                        bytes,
-                        s,
-                        &packed,
-                        task.n0,
-                        task.n1,
-                        r0,
-                        r0 + count,
-                        tile,
-                    );
-                });
-            }
-        }
+        let (bytes, f) = (w.as_bytes(), w.format());
+        // Row groups of the kernel's pass size, so tasks split rows between passes.
+        let mr = k::rows_per_pass(s.m);
+        let tasks = plan_tasks(s.n, s.m.div_ceil(mr), NC_Q, 8, threads(par));
+        let rows = |task: &Task| {
+            let r0 = task.g0 * mr;
+            (r0, (task.g1 * mr).min(s.m) - r0)
+        };
+        run_tiles(&tasks, s.n, out, alpha, beta, par, rows, |task, tile| {
+            let (r0, count) = rows(task);
+            k::quant_task(
+                t,
+                f,
+                bytes,
+                s,
+                packed,
+                task.n0,
+                task.n1,
+                r0,
+                r0 + count,
+                tile,
+            );
+        });
         Ok(())
     }
 }
@@ -702,7 +809,6 @@ mod aarch64 {
     use crate::arch::aarch64::stream_neon as sk;
     use crate::dispatch::Neon;
     use crate::error::Result;
-    use crate::format::Format;
     use crate::tensor::QuantizedTensor;
 
     /// Weight rows per task, at most.
@@ -746,10 +852,11 @@ mod aarch64 {
         }
     }
 
+    /// Block-format weights against activation rows quantized in `packed`.
     #[allow(clippy::too_many_arguments)] // reason: the public arguments, checked
-    pub(super) fn matmul(
+    pub(super) fn quant_matmul(
         t: Neon,
-        x: &[f32],
+        packed: &PackedX,
         s: &Shape,
         w: &QuantizedTensor,
         out: &mut [f32],
@@ -757,24 +864,15 @@ mod aarch64 {
         beta: f32,
         par: Parallelism,
     ) -> Result<()> {
-        let bytes = w.as_bytes();
-        let th = threads(par);
-        match w.format() {
-            f @ (Format::F32 | Format::F16 | Format::BF16) => {
-                super::float_matmul(t, x, s, bytes, f, out, alpha, beta, par);
-            }
-            f @ (Format::Q8_0 | Format::Q4_0 | Format::Q4_1) => {
-                let packed = PackedX::new(x, s.m, s.k, par);
-                let groups = packed.groups();
-                let tasks = plan_tasks(s.n, groups, NC, 4, th);
-                let rows = |task: &Task| packed.rows_of(task.g0, task.g1);
-                run_tasks(&tasks, s.n, out, alpha, beta, par, rows, |task, buf| {
-                    k::quant_task(
-                        t, f, bytes, s, &packed, task.n0, task.n1, task.g0, task.g1, buf,
-                    );
-                });
-            }
-        }
+        let (bytes, f) = (w.as_bytes(), w.format());
+        let groups = packed.groups();
+        let tasks = plan_tasks(s.n, groups, NC, 4, threads(par));
+        let rows = |task: &Task| packed.rows_of(task.g0, task.g1);
+        run_tasks(&tasks, s.n, out, alpha, beta, par, rows, |task, buf| {
+            k::quant_task(
+                t, f, bytes, s, packed, task.n0, task.n1, task.g0, task.g1, buf,
+            );
+        });
         Ok(())
     }
 }
@@ -808,6 +906,85 @@ mod tests {
                 "n {n} groups {groups}: {tasks:?}"
             );
         }
+    }
+
+    /// `m x k` activations with a few sign changes and magnitudes.
+    fn activations(m: usize, k: usize) -> Vec<f32> {
+        (0..m * k)
+            .map(|i| (i as f32 * 0.37).sin() * (1.0 + (i % 7) as f32))
+            .collect()
+    }
+
+    #[test]
+    fn prequantized_rows_give_what_matmul_gives() {
+        let (m, k, n) = (13, 96, 19);
+        let x = activations(m, k);
+        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.71).cos()).collect();
+        for format in [Format::Q8_0, Format::Q4_0, Format::Q4_1] {
+            let wq = QuantizedTensor::quantize(format, n, k, &w).unwrap();
+            let xq = pack::PackedX::quantize(&x, m, k, Parallelism::Rayon).unwrap();
+            assert_eq!((xq.m(), xq.k()), (m, k));
+            let (mut direct, mut split) = (vec![1.0; m * n], vec![1.0; m * n]);
+            matmul_acc(&x, m, &wq, &mut direct, 0.5, 2.0, Parallelism::Rayon).unwrap();
+            matmul_q8_activations(&xq, &wq, &mut split, 0.5, 2.0, Parallelism::Rayon).unwrap();
+            assert_eq!(direct, split, "{format}");
+        }
+    }
+
+    #[test]
+    fn zero_blocks_stand_for_zero_activations() {
+        let (m, k, n) = (5, 64, 9);
+        let mut x = activations(m, k);
+        // Row 2's second block is zero: a padding tap.
+        x[2 * k + 32..3 * k].fill(0.0);
+        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.29).sin()).collect();
+        for format in [Format::Q8_0, Format::Q4_0, Format::Q4_1] {
+            let wq = QuantizedTensor::quantize(format, n, k, &w).unwrap();
+            let xq = pack::PackedX::quantize(&x, m, k, Parallelism::None).unwrap();
+            let mut blocks: Vec<_> = (0..m).flat_map(|r| xq.row(r).to_vec()).collect();
+            blocks[2 * 2 + 1] = pack::RowBlock::ZERO;
+            let gathered = pack::PackedX::from_rows(2, m, blocks).unwrap();
+            let (mut direct, mut split) = (vec![0.0; m * n], vec![0.0; m * n]);
+            matmul(&x, m, &wq, &mut direct, Parallelism::None).unwrap();
+            matmul_q8_activations(&gathered, &wq, &mut split, 1.0, 0.0, Parallelism::None).unwrap();
+            assert_eq!(direct, split, "{format}");
+        }
+    }
+
+    #[test]
+    fn prequantized_entry_checks_its_inputs() {
+        let x = activations(3, 64);
+        let xq = pack::PackedX::quantize(&x, 3, 64, Parallelism::None).unwrap();
+        let w = QuantizedTensor::quantize(Format::Q8_0, 2, 64, &[0.5; 128]).unwrap();
+        let mut out = vec![0.0; 6];
+        let float = QuantizedTensor::quantize(Format::F16, 2, 64, &[0.5; 128]).unwrap();
+        assert!(matches!(
+            matmul_q8_activations(&xq, &float, &mut out, 1.0, 0.0, Parallelism::None),
+            Err(KernelError::UnsupportedConversion { .. })
+        ));
+        let wide = QuantizedTensor::quantize(Format::Q8_0, 2, 96, &[0.5; 192]).unwrap();
+        assert!(matches!(
+            matmul_q8_activations(&xq, &wide, &mut out, 1.0, 0.0, Parallelism::None),
+            Err(KernelError::ShapeMismatch { .. })
+        ));
+        assert!(matches!(
+            matmul_q8_activations(&xq, &w, &mut out[..5], 1.0, 0.0, Parallelism::None),
+            Err(KernelError::ShapeMismatch { what: "out", .. })
+        ));
+        assert!(matches!(
+            pack::PackedX::quantize(&x, 3, 48, Parallelism::None),
+            Err(KernelError::RowLengthNotBlockMultiple { .. })
+        ));
+        let mut bad = x.clone();
+        bad[70] = f32::NAN;
+        assert!(matches!(
+            pack::PackedX::quantize(&bad, 3, 64, Parallelism::None),
+            Err(KernelError::NonFinite { index: 70, .. })
+        ));
+        assert!(matches!(
+            pack::PackedX::from_rows(2, 3, vec![pack::RowBlock::ZERO; 5]),
+            Err(KernelError::ShapeMismatch { .. })
+        ));
     }
 
     #[test]

@@ -4,6 +4,8 @@ use rayon::prelude::*;
 
 use super::Parallelism;
 use crate::blocks::{BlockQ8_0, QK};
+use crate::error::{KernelError, Result};
+use crate::format::Format;
 
 /// One 32-value block of one activation row, as the SIMD kernels read it.
 ///
@@ -41,10 +43,123 @@ pub(crate) struct PackedX {
     pub(crate) rows: Vec<RowBlock>,
 }
 
+impl RowBlock {
+    /// The block of an all-zero stretch of activations (a padding tap of a convolution): it
+    /// adds nothing to any product, whatever the weight format.
+    #[allow(dead_code)] // reason: the convolution's im2col builds padding from it
+    pub(crate) const ZERO: RowBlock = RowBlock {
+        qs: [0; QK],
+        d: 0.0,
+        s: 0.0,
+        sum: 0,
+        sum8: 0,
+    };
+
+    /// A Q8_0 block with the per-block terms the kernels read.
+    pub(crate) fn from_q8_0(qb: &BlockQ8_0) -> RowBlock {
+        let d = qb.d.to_f32();
+        let sum: i32 = qb.qs.iter().map(|&v| i32::from(v)).sum();
+        RowBlock {
+            qs: qb.qs,
+            d,
+            s: d * sum as f32,
+            sum,
+            sum8: 8 * sum,
+        }
+    }
+}
+
+/// A quantizer of one f32 row into Q8_0 blocks.
+type RowQuantizer = fn(&[f32], &mut [BlockQ8_0]);
+
 impl PackedX {
     /// Quantizes the `m x k` rows of `x` (`k` a multiple of 32, `x.len() == m * k`), rows
     /// split over threads by `par` when there are many.
     pub(crate) fn new(x: &[f32], m: usize, k: usize, par: Parallelism) -> PackedX {
+        Self::with_quantizer(x, m, k, par, crate::quantize::quantize_row_q8_0)
+    }
+
+    /// [`PackedX::new`] with the scalar quantizer (for the oracle, independent of dispatch).
+    pub(crate) fn new_scalar(x: &[f32], m: usize, k: usize) -> PackedX {
+        Self::with_quantizer(x, m, k, Parallelism::None, crate::scalar::quantize_row_q8_0)
+    }
+
+    /// Checked [`PackedX::new`]: the quantizer of
+    /// [`matmul_q8_activations`](super::matmul_q8_activations)'s input.
+    ///
+    /// # Errors
+    ///
+    /// [`KernelError::RowLengthNotBlockMultiple`] when `k` is not a multiple of 32,
+    /// [`KernelError::SizeOverflow`] / [`KernelError::ShapeMismatch`] when `x.len() != m * k`,
+    /// [`KernelError::NonFinite`] naming the first NaN or infinite value.
+    #[allow(dead_code)] // reason: the convolution's entry point
+    pub(crate) fn quantize(x: &[f32], m: usize, k: usize, par: Parallelism) -> Result<PackedX> {
+        if !k.is_multiple_of(QK) {
+            return Err(KernelError::RowLengthNotBlockMultiple {
+                format: Format::Q8_0,
+                cols: k,
+            });
+        }
+        let mk = m
+            .checked_mul(k)
+            .ok_or(KernelError::SizeOverflow { rows: m, cols: k })?;
+        if x.len() != mk {
+            return Err(KernelError::ShapeMismatch {
+                what: "x",
+                expected: mk,
+                actual: x.len(),
+            });
+        }
+        if let Some(index) = super::first_non_finite(x) {
+            return Err(KernelError::NonFinite {
+                index,
+                value: x[index],
+            });
+        }
+        Ok(Self::new(x, m, k, par))
+    }
+
+    /// `m` rows of `nb` blocks each, given row after row (e.g. an im2col gather of the
+    /// blocks of [`PackedX::quantize`]d pixels, [`RowBlock::ZERO`] for padding).
+    ///
+    /// # Errors
+    ///
+    /// [`KernelError::ShapeMismatch`] when `rows.len() != m * nb`,
+    /// [`KernelError::SizeOverflow`] when `m * nb` overflows.
+    #[allow(dead_code)] // reason: the convolution's entry point
+    pub(crate) fn from_rows(nb: usize, m: usize, rows: Vec<RowBlock>) -> Result<PackedX> {
+        let expected = m
+            .checked_mul(nb)
+            .ok_or(KernelError::SizeOverflow { rows: m, cols: nb })?;
+        if rows.len() != expected {
+            return Err(KernelError::ShapeMismatch {
+                what: "packed activation blocks",
+                expected,
+                actual: rows.len(),
+            });
+        }
+        Ok(PackedX { nb, m, rows })
+    }
+
+    /// Number of activation rows.
+    #[allow(dead_code)] // reason: the convolution's entry point
+    pub(crate) fn m(&self) -> usize {
+        self.m
+    }
+
+    /// Values per row (`32 * nb`).
+    pub(crate) fn k(&self) -> usize {
+        self.nb * QK
+    }
+
+    /// The rows of `x` quantized by `quantize`.
+    fn with_quantizer(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        par: Parallelism,
+        quantize: RowQuantizer,
+    ) -> PackedX {
         debug_assert!(k.is_multiple_of(QK) && x.len() == m * k);
         let nb = k / QK;
         let mut rows = vec![RowBlock::default(); m * nb];
@@ -53,17 +168,9 @@ impl PackedX {
                 let mut q = [BlockQ8_0::default(); 8];
                 for (xc, dc) in xr.chunks(8 * QK).zip(dst.chunks_mut(8)) {
                     let q = &mut q[..dc.len()];
-                    crate::quantize::quantize_row_q8_0(xc, q);
+                    quantize(xc, q);
                     for (rb, qb) in dc.iter_mut().zip(q.iter()) {
-                        let d = qb.d.to_f32();
-                        let sum: i32 = qb.qs.iter().map(|&v| i32::from(v)).sum();
-                        *rb = RowBlock {
-                            qs: qb.qs,
-                            d,
-                            s: d * sum as f32,
-                            sum,
-                            sum8: 8 * sum,
-                        };
+                        *rb = RowBlock::from_q8_0(qb);
                     }
                 }
             };

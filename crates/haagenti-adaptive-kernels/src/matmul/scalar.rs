@@ -9,8 +9,9 @@
 
 use half::{bf16, f16};
 
+use super::pack::PackedX;
 use super::{Parallelism, Shape, plan_tasks, run_tasks, threads};
-use crate::blocks::{BlockQ8_0, QK};
+use crate::blocks::QK;
 use crate::error::Result;
 use crate::format::Format;
 use crate::tensor::QuantizedTensor;
@@ -45,7 +46,11 @@ use crate::tensor::QuantizedTensor;
 /// ```
 pub fn matmul_scalar(x: &[f32], m: usize, w: &QuantizedTensor, out: &mut [f32]) -> Result<()> {
     let s = Shape::check(x, m, w, out)?;
-    let xq = quantize_rows(x, &s, w.format());
+    let xq = if w.format().is_block() {
+        PackedX::new_scalar(x, s.m, s.k)
+    } else {
+        PackedX::new_scalar(&[], s.m, 0)
+    };
     let bytes = w.as_bytes();
     for i in 0..s.m {
         for j in 0..s.n {
@@ -55,7 +60,7 @@ pub fn matmul_scalar(x: &[f32], m: usize, w: &QuantizedTensor, out: &mut [f32]) 
     Ok(())
 }
 
-/// The scalar path of `matmul_acc`, split over weight rows by `par`.
+/// The scalar path of `matmul_acc` for float weights, split over weight rows by `par`.
 pub(super) fn matmul_par(
     x: &[f32],
     s: &Shape,
@@ -65,8 +70,36 @@ pub(super) fn matmul_par(
     beta: f32,
     par: Parallelism,
 ) -> Result<()> {
+    let none = PackedX::new_scalar(&[], s.m, 0);
+    run_scalar(x, &none, s, w, out, alpha, beta, par)
+}
+
+/// The scalar path of block formats on pre-quantized activation rows, split over weight rows.
+pub(super) fn quant_par(
+    xq: &PackedX,
+    s: &Shape,
+    w: &QuantizedTensor,
+    out: &mut [f32],
+    alpha: f32,
+    beta: f32,
+    par: Parallelism,
+) -> Result<()> {
+    run_scalar(&[], xq, s, w, out, alpha, beta, par)
+}
+
+/// Every `out` value through [`dot`]: `x` for float weights, `xq` for block formats.
+#[allow(clippy::too_many_arguments)] // reason: plain data passed straight through
+fn run_scalar(
+    x: &[f32],
+    xq: &PackedX,
+    s: &Shape,
+    w: &QuantizedTensor,
+    out: &mut [f32],
+    alpha: f32,
+    beta: f32,
+    par: Parallelism,
+) -> Result<()> {
     let format = w.format();
-    let xq = quantize_rows(x, s, format);
     let bytes = w.as_bytes();
     let tasks = plan_tasks(s.n, 1, 64, 1, threads(par));
     run_tasks(
@@ -81,25 +114,12 @@ pub(super) fn matmul_par(
             let nc = t.n1 - t.n0;
             for i in 0..s.m {
                 for j in t.n0..t.n1 {
-                    buf[i * nc + (j - t.n0)] = dot(format, row(bytes, s, j), s, x, &xq, i);
+                    buf[i * nc + (j - t.n0)] = dot(format, row(bytes, s, j), s, x, xq, i);
                 }
             }
         },
     );
     Ok(())
-}
-
-/// Activation rows as Q8_0 blocks (scalar quantizer) for block formats; empty otherwise.
-fn quantize_rows(x: &[f32], s: &Shape, format: Format) -> Vec<BlockQ8_0> {
-    if !format.is_block() || s.k == 0 {
-        return Vec::new();
-    }
-    let nb = s.k / QK;
-    let mut xq = vec![BlockQ8_0::default(); s.m * nb];
-    for (xr, qr) in x.chunks_exact(s.k).zip(xq.chunks_exact_mut(nb)) {
-        crate::scalar::quantize_row_q8_0(xr, qr);
-    }
-    xq
 }
 
 /// The bytes of weight row `j`.
@@ -115,10 +135,11 @@ fn f16_at(b: &[u8]) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
 }
 
-/// Dot product of activation row `i` with one weight row.
-fn dot(format: Format, wrow: &[u8], s: &Shape, x: &[f32], xq: &[BlockQ8_0], i: usize) -> f32 {
-    let xr = &x[i * s.k..(i + 1) * s.k];
-    let nb = s.k / QK;
+/// Dot product of activation row `i` with one weight row: of `x` for float weights, of `xq`
+/// for block formats.
+fn dot(format: Format, wrow: &[u8], s: &Shape, x: &[f32], xq: &PackedX, i: usize) -> f32 {
+    let xr = x.get(i * s.k..(i + 1) * s.k).unwrap_or(&[]);
+    let xb_row = xq.row(i);
     let mut sum = 0.0f32;
     match format {
         Format::F32 => {
@@ -137,36 +158,35 @@ fn dot(format: Format, wrow: &[u8], s: &Shape, x: &[f32], xq: &[BlockQ8_0], i: u
             }
         }
         Format::Q8_0 => {
-            for (wb, xb) in wrow.chunks_exact(34).zip(&xq[i * nb..(i + 1) * nb]) {
+            for (wb, xb) in wrow.chunks_exact(34).zip(xb_row) {
                 let isum: i32 = wb[2..]
                     .iter()
                     .zip(&xb.qs)
                     .map(|(&a, &b)| i32::from(a as i8) * i32::from(b))
                     .sum();
-                sum += (f16_at(wb) * xb.d.to_f32()) * isum as f32;
+                sum += (f16_at(wb) * xb.d) * isum as f32;
             }
         }
         Format::Q4_0 => {
-            for (wb, xb) in wrow.chunks_exact(18).zip(&xq[i * nb..(i + 1) * nb]) {
+            for (wb, xb) in wrow.chunks_exact(18).zip(xb_row) {
                 let mut isum = 0i32;
                 for (j, &q) in wb[2..].iter().enumerate() {
                     isum += (i32::from(q & 0x0F) - 8) * i32::from(xb.qs[j]);
                     isum += (i32::from(q >> 4) - 8) * i32::from(xb.qs[j + QK / 2]);
                 }
-                sum += (f16_at(wb) * xb.d.to_f32()) * isum as f32;
+                sum += (f16_at(wb) * xb.d) * isum as f32;
             }
         }
         Format::Q4_1 => {
-            for (wb, xb) in wrow.chunks_exact(20).zip(&xq[i * nb..(i + 1) * nb]) {
+            for (wb, xb) in wrow.chunks_exact(20).zip(xb_row) {
                 let mut isum = 0i32;
                 for (j, &q) in wb[4..].iter().enumerate() {
                     isum += i32::from(q & 0x0F) * i32::from(xb.qs[j]);
                     isum += i32::from(q >> 4) * i32::from(xb.qs[j + QK / 2]);
                 }
-                let dx = xb.d.to_f32();
-                let qsum: i32 = xb.qs.iter().map(|&v| i32::from(v)).sum();
-                sum += (f16_at(wb) * dx) * isum as f32;
-                sum += f16_at(&wb[2..]) * (dx * qsum as f32);
+                sum += (f16_at(wb) * xb.d) * isum as f32;
+                // `xb.s` is `d_x * Σ q_x`.
+                sum += f16_at(&wb[2..]) * xb.s;
             }
         }
     }
