@@ -32,11 +32,19 @@ use anyhow::{Context as _, bail};
 use haagenti_adaptive_kernels::{Format, Parallelism, QuantizedTensor, kernel_path, matmul};
 use serde::{Deserialize, Serialize};
 
-const SHAPES: [(usize, usize, usize); 4] = [
+/// The default matmul shapes: transformer-like ones, then the im2col shapes of a diffusion
+/// UNet's convolutions (many activation rows, few output channels; issue 11's table).
+const SHAPES: [(usize, usize, usize); 10] = [
     (1, 4096, 4096),
     (16, 4096, 1024),
     (64, 4096, 4096),
     (256, 1024, 1024),
+    (16384, 288, 32),
+    (16384, 576, 32),
+    (4096, 576, 64),
+    (1024, 864, 96),
+    (256, 1152, 128),
+    (4096, 64, 192),
 ];
 const OUR_FORMATS: [Format; 6] = [
     Format::F32,
@@ -59,6 +67,10 @@ struct Row {
     /// `MxKxN` for matmul, `N values` for throughput.
     shape: String,
     kernel: String,
+    /// The code path that ran it: our kernel path (`avx512-vnni`, `avx2+fma+f16c`, ...), or
+    /// `gemm` / `candle` for the baselines.
+    #[serde(default)]
+    path: String,
     threads: usize,
     median_ms: f64,
     min_ms: f64,
@@ -149,12 +161,8 @@ fn parse_args() -> anyhow::Result<Options> {
                     .next()
                     .context("--shapes needs a list such as 1x4096x4096")?;
                 opts.shapes = list.split(',').map(|s| s.trim().to_string()).collect();
-                let known: Vec<String> = SHAPES
-                    .iter()
-                    .map(|&(m, k, n)| format!("{m}x{k}x{n}"))
-                    .collect();
-                if let Some(bad) = opts.shapes.iter().find(|s| !known.contains(s)) {
-                    bail!("unknown shape {bad:?}; the shapes are {}", known.join(", "));
+                for shape in &opts.shapes {
+                    parse_shape(shape)?;
                 }
             }
             "--no-throughput" => opts.throughput = false,
@@ -237,15 +245,16 @@ fn markdown(report: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "| shape (MxKxN) | kernel | threads | median ms | GFLOP/s | x gemm f32 | x best f32 | rel err |"
+        "| shape (MxKxN) | kernel | path | threads | median ms | GFLOP/s | x gemm f32 | x best f32 | rel err |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---|---:|---:|---:|---:|---:|---:|");
     for r in report.results.iter().filter(|r| r.ratio_vs_f32.is_some()) {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.3} | {:.1} | {:.2} | {:.2} | {:.1e} |",
+            "| {} | {} | {} | {} | {:.3} | {:.1} | {:.2} | {:.2} | {:.1e} |",
             r.shape,
             r.kernel,
+            r.path,
             r.threads,
             r.median_ms,
             r.gflops.unwrap_or(0.0),
@@ -273,6 +282,19 @@ fn markdown(report: &Report) -> String {
         );
     }
     s
+}
+
+/// `MxKxN` as `(m, k, n)`, each at least 1.
+fn parse_shape(shape: &str) -> anyhow::Result<(usize, usize, usize)> {
+    let dims: Vec<usize> = shape
+        .split('x')
+        .map(|d| d.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("shape {shape:?} is not MxKxN"))?;
+    match dims[..] {
+        [m, k, n] if m > 0 && k > 0 && n > 0 => Ok((m, k, n)),
+        _ => bail!("shape {shape:?} is not MxKxN with three positive sizes"),
+    }
 }
 
 /// Deterministic pseudo-random values in about [-1, 1].
@@ -401,11 +423,17 @@ fn worker(threads: usize, opts: &Options) -> anyhow::Result<Vec<Row>> {
         (Duration::from_secs(6), 5, 40)
     };
     let mut rows = Vec::new();
-    for (si, &(m, k, n)) in SHAPES.iter().enumerate() {
+    let shapes: Vec<(usize, usize, usize)> = if opts.shapes.is_empty() {
+        SHAPES.to_vec()
+    } else {
+        opts.shapes
+            .iter()
+            .map(|s| parse_shape(s))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let ours_path = kernel_path().to_string();
+    for (si, &(m, k, n)) in shapes.iter().enumerate() {
         let shape = format!("{m}x{k}x{n}");
-        if !opts.shapes.is_empty() && !opts.shapes.contains(&shape) {
-            continue;
-        }
         eprintln!("  {shape}");
         let x = values(m * k, 1 + si as u64);
         let w = values(n * k, 100 + si as u64);
@@ -500,9 +528,17 @@ fn worker(threads: usize, opts: &Options) -> anyhow::Result<Vec<Row>> {
         let flops = 2.0 * (m * k * n) as f64;
         for ((name, s), out) in names.iter().zip(&samples).zip(&outs) {
             let med = median(s);
+            let path = if name.starts_with("ours") {
+                ours_path.clone()
+            } else if name.starts_with("gemm") {
+                "gemm".to_string()
+            } else {
+                "candle".to_string()
+            };
             rows.push(Row {
                 shape: shape.clone(),
                 kernel: name.clone(),
+                path,
                 threads,
                 median_ms: med,
                 min_ms: s[0],
@@ -651,6 +687,11 @@ fn throughput(
         rows.push(Row {
             shape: format!("{n} values"),
             kernel: name.to_string(),
+            path: if name.ends_with("(candle)") {
+                "candle".to_string()
+            } else {
+                kernel_path().to_string()
+            },
             threads: 1,
             median_ms: medians[i],
             min_ms: samples[i][0],

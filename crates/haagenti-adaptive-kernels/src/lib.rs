@@ -42,6 +42,9 @@
 //!
 //! | CPU | path ([`KernelPath`]) | quantize / dequantize | f16 conversion (`half`) |
 //! | --- | --- | --- | --- |
+//! | x86_64 with AVX-512 F/BW/VL and AVX512-VNNI (Ice Lake, Sapphire Rapids, Zen 4) | `avx512-vnni` | AVX2 (matmul of block formats: AVX-512 `vpdpbusd`) | F16C |
+//! | x86_64 with AVX-512 F/BW/VL, no VNNI (Skylake-X) | `avx512` | AVX2 | F16C |
+//! | x86_64 with AVX2 and AVX-VNNI, no AVX-512 (Alder Lake) | `avx-vnni` | AVX2 | F16C |
 //! | x86_64 with AVX2, FMA and F16C (Haswell, Zen and later) | `avx2+fma+f16c` | AVX2 | F16C |
 //! | other x86_64 | `scalar` | scalar | scalar |
 //! | aarch64 with the dot-product extension | `neon+dotprod` | NEON | NEON fp16 where present |
@@ -49,7 +52,8 @@
 //! | anything else | `scalar` | scalar | scalar |
 //!
 //! Setting `HAAGENTI_FORCE_SCALAR=1` in the environment (read once) forces the scalar path
-//! everywhere, e.g. to test it on a SIMD machine. No `target-cpu=native` is needed or assumed.
+//! everywhere, e.g. to test it on a SIMD machine; `HAAGENTI_MAX_ISA=avx2` (or another level,
+//! see [`dispatch`]) caps the level. No `target-cpu=native` is needed or assumed.
 //! Only little-endian targets are supported (the in-memory blocks are GGUF's bytes).
 //!
 //! # Features

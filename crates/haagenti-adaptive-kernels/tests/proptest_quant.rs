@@ -216,7 +216,16 @@ fn kernel_path_follows_cpu_and_environment() {
         let avx2 = is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c");
-        assert_eq!(path == KernelPath::Avx2, avx2, "{path}");
+        let capped = std::env::var("HAAGENTI_MAX_ISA").is_ok_and(|v| v.trim() == "scalar");
+        assert_eq!(path.is_x86_simd(), avx2 && !capped, "{path}");
+        assert_eq!(
+            path >= KernelPath::Avx512Vnni,
+            is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && std::env::var("HAAGENTI_MAX_ISA").is_err(),
+            "{path}"
+        );
     }
     #[cfg(target_arch = "aarch64")]
     assert!(path.is_neon(), "{path}");

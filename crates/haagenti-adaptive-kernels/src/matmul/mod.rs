@@ -209,14 +209,40 @@ fn quant_matmul(
     beta: f32,
     par: Parallelism,
 ) -> Result<()> {
+    quant_matmul_on(
+        crate::dispatch::kernel_path(),
+        xq,
+        s,
+        w,
+        out,
+        alpha,
+        beta,
+        par,
+    )
+}
+
+/// [`quant_matmul`] on the kernels of `path` (scalar where the CPU lacks it).
+#[allow(clippy::too_many_arguments)] // reason: the checked arguments and the path
+fn quant_matmul_on(
+    path: crate::dispatch::KernelPath,
+    xq: &pack::PackedX,
+    s: &Shape,
+    w: &QuantizedTensor,
+    out: &mut [f32],
+    alpha: f32,
+    beta: f32,
+    par: Parallelism,
+) -> Result<()> {
     #[cfg(target_arch = "x86_64")]
-    if let Some(t) = crate::dispatch::avx2() {
-        return x86::quant_matmul(t, xq, s, w, out, alpha, beta, par);
+    if let Some(t) = crate::dispatch::Avx2::for_path(path) {
+        let wide = crate::dispatch::Avx512::for_path(path).filter(|t| t.vnni);
+        return x86::quant_matmul(t, wide, xq, s, w, out, alpha, beta, par);
     }
     #[cfg(target_arch = "aarch64")]
-    if let Some(t) = crate::dispatch::neon() {
+    if let Some(t) = crate::dispatch::Neon::for_path(path) {
         return aarch64::quant_matmul(t, xq, s, w, out, alpha, beta, par);
     }
+    let _ = path;
     scalar::quant_par(xq, s, w, out, alpha, beta, par)
 }
 
@@ -237,32 +263,9 @@ impl Shape {
     /// Checks every length `matmul` relies on.
     fn check(x: &[f32], m: usize, w: &QuantizedTensor, out: &[f32]) -> Result<Shape> {
         let (n, k) = (w.rows(), w.cols());
-        let mk = m
-            .checked_mul(k)
-            .ok_or(KernelError::SizeOverflow { rows: m, cols: k })?;
-        if x.len() != mk {
-            return Err(KernelError::ShapeMismatch {
-                what: "x",
-                expected: mk,
-                actual: x.len(),
-            });
-        }
-        let mn = m
-            .checked_mul(n)
-            .ok_or(KernelError::SizeOverflow { rows: m, cols: n })?;
-        if out.len() != mn {
-            return Err(KernelError::ShapeMismatch {
-                what: "out",
-                expected: mn,
-                actual: out.len(),
-            });
-        }
-        if let Some(index) = first_non_finite(x) {
-            return Err(KernelError::NonFinite {
-                index,
-                value: x[index],
-            });
-        }
+        check_len("x", m, k, x.len())?;
+        check_len("out", m, n, out.len())?;
+        check_finite(x)?;
         Self::check_weights(m, w)
     }
 
@@ -283,16 +286,7 @@ impl Shape {
                 actual: xq.k(),
             });
         }
-        let mn = m
-            .checked_mul(n)
-            .ok_or(KernelError::SizeOverflow { rows: m, cols: n })?;
-        if out.len() != mn {
-            return Err(KernelError::ShapeMismatch {
-                what: "out",
-                expected: mn,
-                actual: out.len(),
-            });
-        }
+        check_len("out", m, n, out.len())?;
         Self::check_weights(m, w)
     }
 
@@ -311,6 +305,32 @@ impl Shape {
             )));
         }
         Ok(Shape { m, n, k, row_bytes })
+    }
+}
+
+/// Checks that `len == rows * cols` (`what` names the slice in the error).
+pub(crate) fn check_len(what: &'static str, rows: usize, cols: usize, len: usize) -> Result<()> {
+    let expected = rows
+        .checked_mul(cols)
+        .ok_or(KernelError::SizeOverflow { rows, cols })?;
+    if len != expected {
+        return Err(KernelError::ShapeMismatch {
+            what,
+            expected,
+            actual: len,
+        });
+    }
+    Ok(())
+}
+
+/// [`KernelError::NonFinite`] for the first NaN or infinite value of `x`.
+pub(crate) fn check_finite(x: &[f32]) -> Result<()> {
+    match first_non_finite(x) {
+        Some(index) => Err(KernelError::NonFinite {
+            index,
+            value: x[index],
+        }),
+        None => Ok(()),
     }
 }
 
@@ -713,7 +733,8 @@ mod x86 {
     use super::pack::PackedX;
     use super::{Parallelism, Shape, Task, plan_tasks, run_tiles, threads};
     use crate::arch::x86_64::matmul_avx2 as k;
-    use crate::dispatch::Avx2;
+    use crate::arch::x86_64::matmul_avx512 as k512;
+    use crate::dispatch::{Avx2, Avx512};
     use crate::error::Result;
     use crate::tensor::QuantizedTensor;
 
@@ -758,10 +779,13 @@ mod x86 {
         }
     }
 
-    /// Block-format weights against activation rows quantized in `packed`.
+    /// Block-format weights against activation rows quantized in `packed`: the AVX-512
+    /// VNNI strip kernels when `wide` is given and there are two rows or more, the AVX2
+    /// kernels otherwise.
     #[allow(clippy::too_many_arguments)] // reason: the public arguments, checked
     pub(super) fn quant_matmul(
         t: Avx2,
+        wide: Option<Avx512>,
         packed: &PackedX,
         s: &Shape,
         w: &QuantizedTensor,
@@ -771,27 +795,26 @@ mod x86 {
         par: Parallelism,
     ) -> Result<()> {
         let (bytes, f) = (w.as_bytes(), w.format());
-        // Row groups of the kernel's pass size, so tasks split rows between passes.
-        let mr = k::rows_per_pass(s.m);
-        let tasks = plan_tasks(s.n, s.m.div_ceil(mr), NC_Q, 8, threads(par));
+        let wide = wide.filter(|_| s.m >= 2);
+        // Row groups of the kernel's pass size, so tasks split rows between passes; weight
+        // rows per task a multiple of the kernel's strip.
+        let (mr, align) = match wide {
+            Some(_) => (k512::MR, 16),
+            None => (k::rows_per_pass(s.m), 8),
+        };
+        let tasks = plan_tasks(s.n, s.m.div_ceil(mr), NC_Q, align, threads(par));
         let rows = |task: &Task| {
             let r0 = task.g0 * mr;
             (r0, (task.g1 * mr).min(s.m) - r0)
         };
         run_tiles(&tasks, s.n, out, alpha, beta, par, rows, |task, tile| {
             let (r0, count) = rows(task);
-            k::quant_task(
-                t,
-                f,
-                bytes,
-                s,
-                packed,
-                task.n0,
-                task.n1,
-                r0,
-                r0 + count,
-                tile,
-            );
+            let (n0, n1, r1) = (task.n0, task.n1, r0 + count);
+            let done = wide
+                .is_some_and(|t5| k512::quant_task(t5, f, bytes, s, packed, n0, n1, r0, r1, tile));
+            if !done {
+                k::quant_task(t, f, bytes, s, packed, n0, n1, r0, r1, tile);
+            }
         });
         Ok(())
     }
@@ -985,6 +1008,58 @@ mod tests {
             pack::PackedX::from_rows(2, 3, vec![pack::RowBlock::ZERO; 5]),
             Err(KernelError::ShapeMismatch { .. })
         ));
+    }
+
+    /// Every block-format kernel path this CPU has, called directly with its token, against the
+    /// scalar oracle; the paths it lacks are printed as not tested.
+    #[test]
+    fn every_supported_path_matches_the_oracle() {
+        use crate::dispatch::KernelPath;
+        let shapes = [
+            (1, 64, 9),
+            (2, 32, 16),
+            (7, 96, 17),
+            (13, 256, 40),
+            (30, 128, 33),
+        ];
+        for path in KernelPath::ALL {
+            if !path.supported() {
+                println!("block-format kernels on {path}: not tested (CPU lacks it)");
+                continue;
+            }
+            for &(m, k, n) in &shapes {
+                let x = activations(m, k);
+                let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.53).cos() * 2.0).collect();
+                for format in [Format::Q8_0, Format::Q4_0, Format::Q4_1] {
+                    let wq = QuantizedTensor::quantize(format, n, k, &w).unwrap();
+                    let mut oracle = vec![0.0; m * n];
+                    matmul_scalar(&x, m, &wq, &mut oracle).unwrap();
+                    let xq = pack::PackedX::new(&x, m, k, Parallelism::Rayon);
+                    let shape = Shape::check_packed(&xq, &wq, &oracle).unwrap();
+                    let mut out = vec![f32::NAN; m * n];
+                    quant_matmul_on(
+                        path,
+                        &xq,
+                        &shape,
+                        &wq,
+                        &mut out,
+                        1.0,
+                        0.0,
+                        Parallelism::Rayon,
+                    )
+                    .unwrap();
+                    for (i, (a, b)) in out.iter().zip(&oracle).enumerate() {
+                        let (r, c) = (i / n, i % n);
+                        let mag: f32 = (0..k).map(|l| (x[r * k + l] * w[c * k + l]).abs()).sum();
+                        assert!(
+                            (a - b).abs() <= 1e-5 * mag.max(1.0),
+                            "{path} {format} {m}x{k}x{n} at ({r}, {c}): {a} vs {b}"
+                        );
+                    }
+                }
+            }
+            println!("block-format kernels on {path}: tested against the oracle");
+        }
     }
 
     #[test]

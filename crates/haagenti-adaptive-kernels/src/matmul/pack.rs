@@ -100,22 +100,8 @@ impl PackedX {
                 cols: k,
             });
         }
-        let mk = m
-            .checked_mul(k)
-            .ok_or(KernelError::SizeOverflow { rows: m, cols: k })?;
-        if x.len() != mk {
-            return Err(KernelError::ShapeMismatch {
-                what: "x",
-                expected: mk,
-                actual: x.len(),
-            });
-        }
-        if let Some(index) = super::first_non_finite(x) {
-            return Err(KernelError::NonFinite {
-                index,
-                value: x[index],
-            });
-        }
+        super::check_len("x", m, k, x.len())?;
+        super::check_finite(x)?;
         Ok(Self::new(x, m, k, par))
     }
 
@@ -128,16 +114,7 @@ impl PackedX {
     /// [`KernelError::SizeOverflow`] when `m * nb` overflows.
     #[allow(dead_code)] // reason: the convolution's entry point
     pub(crate) fn from_rows(nb: usize, m: usize, rows: Vec<RowBlock>) -> Result<PackedX> {
-        let expected = m
-            .checked_mul(nb)
-            .ok_or(KernelError::SizeOverflow { rows: m, cols: nb })?;
-        if rows.len() != expected {
-            return Err(KernelError::ShapeMismatch {
-                what: "packed activation blocks",
-                expected,
-                actual: rows.len(),
-            });
-        }
+        super::check_len("packed activation blocks", m, nb, rows.len())?;
         Ok(PackedX { nb, m, rows })
     }
 

@@ -246,7 +246,7 @@ impl Strip {
 /// AVX2 must be available; `p(r)` must be valid for reading 16 bytes for every `r < nr`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn transpose_8x16(p: impl Fn(usize) -> *const u8, nr: usize) -> [__m256i; 4] {
+pub(super) unsafe fn transpose_8x16(p: impl Fn(usize) -> *const u8, nr: usize) -> [__m256i; 4] {
     let ld = |r: usize| {
         if r < nr {
             // SAFETY: the caller guarantees 16 readable bytes at `p(r)` for `r < nr`.
