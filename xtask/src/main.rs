@@ -4,7 +4,8 @@
 //! - `cargo xtask bench kernels [--candle] [--quick] [--cold] [--json FILE] [--threads 1,2]
 //!   [--shapes MxKxN,...] [--no-throughput]`: kernel speed against the `gemm` crate's f32 matmul
 //!   (and candle's quantized matmul with `--candle`), as ratios measured in one run; `--cold` reads
-//!   every kernel's weights from memory rather than cache.
+//!   every kernel's weights from memory rather than cache; `--conv [--quick] [--threads 2]`
+//!   times the convolution API on UNet layers instead.
 //! - `cargo xtask bench schedule`: schedule generation and planning (criterion).
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ const USAGE: &str = "usage:
   cargo xtask ci
   cargo xtask bench kernels [--candle] [--quick] [--cold] [--json FILE] [--threads 1,2]
                             [--shapes MxKxN,...] [--no-throughput]
+  cargo xtask bench kernels --conv [--quick] [--threads 2] [--json FILE]
   cargo xtask bench schedule [criterion args]";
 
 fn main() -> anyhow::Result<()> {
