@@ -485,17 +485,15 @@ impl Conv2dShape {
         }
     }
 
-    /// Output pixels per im2col tile whose rows take `row_bytes` each: about
-    /// [`IM2COL_TILE_BYTES`] of rows, but few enough that `threads` threads get a few tiles each.
+    /// Output pixels per im2col tile whose rows take `row_bytes` each: tiles of at most about
+    /// [`IM2COL_TILE_BYTES`], as many as a multiple of `threads` (so that each thread gets the
+    /// same number), and as few as that allows (each tile repacks the weights).
     fn tile_pixels(&self, row_bytes: usize, threads: usize) -> usize {
-        let by_bytes = IM2COL_TILE_BYTES / row_bytes.max(1);
-        let by_threads = if threads > 1 {
-            self.pixels.div_ceil(2 * threads)
-        } else {
-            self.pixels
-        };
+        let bytes = self.pixels.saturating_mul(row_bytes.max(1));
+        let threads = threads.max(1);
+        let tiles = bytes.div_ceil(IM2COL_TILE_BYTES).div_ceil(threads).max(1) * threads;
         // Multiples of 16 rows keep the matmul kernels' row passes whole.
-        by_bytes.min(by_threads).div_ceil(16).max(1) * 16
+        self.pixels.div_ceil(tiles).div_ceil(16).max(1) * 16
     }
 }
 
@@ -731,7 +729,15 @@ mod tests {
         let row_bytes = s.patch * 4;
         let rows = s.tile_pixels(row_bytes, 2);
         assert!(rows * row_bytes <= IM2COL_TILE_BYTES + 16 * row_bytes);
+        // A problem within the budget still gives each thread a tile, and one thread one tile.
         let small = shape(8, 8, 32, 3, 1, 1);
-        assert!(small.tile_pixels(small.patch * 4, 2) < small.pixels);
+        assert_eq!(
+            small.pixels.div_ceil(small.tile_pixels(small.patch * 4, 2)),
+            2
+        );
+        assert_eq!(
+            small.tile_pixels(small.patch * 4, 1),
+            small.pixels.div_ceil(16) * 16
+        );
     }
 }
