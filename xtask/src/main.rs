@@ -4,7 +4,8 @@
 //! - `cargo xtask bench kernels [--candle] [--quick] [--cold] [--json FILE] [--threads 1,2]
 //!   [--shapes MxKxN,...] [--no-throughput]`: kernel speed against the `gemm` crate's f32 matmul
 //!   (and candle's quantized matmul with `--candle`), as ratios measured in one run; `--cold` reads
-//!   every kernel's weights from memory rather than cache.
+//!   every kernel's weights from memory rather than cache; `--conv [--quick] [--threads 2]`
+//!   times the convolution API on UNet layers instead.
 //! - `cargo xtask bench schedule`: schedule generation and planning (criterion).
 //! - `cargo xtask fetch-model terrain`: downloads the terrain UNet's wheel with pip, checks the
 //!   ONNX file's sha256 and stores it in the model folder (`HAAGENTI_MODELS`, by default
@@ -21,6 +22,7 @@ const USAGE: &str = "usage:
   cargo xtask ci
   cargo xtask bench kernels [--candle] [--quick] [--cold] [--json FILE] [--threads 1,2]
                             [--shapes MxKxN,...] [--no-throughput]
+  cargo xtask bench kernels --conv [--quick] [--threads 2] [--json FILE]
   cargo xtask bench schedule [criterion args]
   cargo xtask fetch-model terrain";
 

@@ -1,6 +1,6 @@
 //! `cargo xtask bench kernels`: our quantized matmul at every format against the `gemm` crate's
 //! f32 matmul (and, with `--features candle`, candle-core's `QMatMul`), plus quantize, dequantize
-//! and f16/bf16 conversion throughput.
+//! and f16/bf16 conversion throughput; `--conv` runs the convolution group instead (conv.rs).
 //!
 //! ```text
 //! cargo run --release -p haagenti-adaptive-benches --bin kernels [--features candle] -- \
@@ -182,7 +182,14 @@ fn parse_args() -> anyhow::Result<Options> {
     Ok(opts)
 }
 
+#[path = "kernels/conv.rs"]
+mod conv;
+
 fn main() -> anyhow::Result<()> {
+    // The conv group (`--conv`) parses its own arguments; see conv.rs.
+    if std::env::args().any(|a| a == "--conv") {
+        return conv::main();
+    }
     let opts = parse_args()?;
     if opts.worker {
         let threads = *opts.threads.first().context("a worker needs --threads N")?;

@@ -15,10 +15,13 @@
 //! - [`conv2d_scalar`] is the oracle: a direct loop over output pixels, taps and channels with the
 //!   dequantized weight, summed in f64.
 //!
-//! For block-format weights the activations go through Q8_0, as in [`matmul`](crate::matmul):
-//! with `c_in` a multiple of 32 every 32-value block of an im2col row is one pixel's block of 32
-//! channels (or zeros, for padding, which quantize exactly), so the result is that of the
-//! direct convolution of the Q8_0-rounded input.
+//! For block-format weights the activations go through Q8_0, as in [`matmul`](crate::matmul).
+//! With `c_in` a multiple of 32 every input pixel is quantized once, to `c_in / 32` blocks, and
+//! the im2col tiles gather those blocks (zero blocks for padding, which is what zeros quantize
+//! to), so the taps that share a pixel share its quantization and the matmul runs on the
+//! gathered blocks directly; the result is that of the direct convolution of the
+//! Q8_0-rounded input. Other `c_in` (blocks that straddle taps) gather f32 and quantize each
+//! im2col row, as [`matmul`](crate::matmul) does.
 //!
 //! # Examples
 //!
@@ -50,9 +53,11 @@
 
 use rayon::prelude::*;
 
+use crate::blocks::QK;
 use crate::error::{KernelError, Result};
 use crate::format::Format;
-use crate::matmul::{Parallelism, matmul};
+use crate::matmul::pack::{PackedX, RowBlock};
+use crate::matmul::{Parallelism, matmul, matmul_q8_activations};
 use crate::tensor::QuantizedTensor;
 
 /// Bytes of im2col rows one tile gathers, at most (about; a tile holds at least one row): small
@@ -447,16 +452,16 @@ impl Conv2dShape {
         Ok(())
     }
 
-    /// Writes the im2col rows of output pixels `p0..p0 + rows` into `buf` (`rows * patch`
-    /// values): for each pixel its taps' channel vectors in `[kh, kw, c_in]` order, zeros where
-    /// a tap falls on the padding.
-    fn im2col(&self, x: &[f32], p0: usize, buf: &mut [f32]) {
+    /// Writes the im2col rows of output pixels `p0..p0 + buf.len() / (kh * kw * unit)` into
+    /// `buf`: for each pixel its taps' input vectors in `[kh, kw]` order, `zero`s where a tap
+    /// falls on the padding. `src` holds `unit` values per input pixel (its `c_in` channels, or
+    /// its `c_in / 32` quantized blocks).
+    fn im2col<T: Copy>(&self, src: &[T], unit: usize, zero: T, p0: usize, buf: &mut [T]) {
         let [kh, kw] = self.kernel;
         let [sh, sw] = self.params.stride;
         let [ph, pw] = self.params.padding;
-        let c = self.c_in;
-        let run = kw * c;
-        for (p, dst) in (p0..).zip(buf.chunks_exact_mut(self.patch.max(1))) {
+        let run = kw * unit;
+        for (p, dst) in (p0..).zip(buf.chunks_exact_mut((kh * run).max(1))) {
             let ox = p % self.out_width;
             let oy = (p / self.out_width) % self.out_height;
             let b = p / (self.out_width * self.out_height);
@@ -465,32 +470,30 @@ impl Conv2dShape {
             let x0 = ox * sw;
             let kx0 = pw.saturating_sub(x0).min(kw);
             let kx1 = (self.width + pw).saturating_sub(x0).clamp(kx0, kw);
-            for (ky, drow) in dst.chunks_exact_mut(run.max(1)).enumerate().take(kh) {
+            for (ky, drow) in dst.chunks_exact_mut(run.max(1)).enumerate() {
                 let iy = (oy * sh + ky).wrapping_sub(ph);
                 if iy >= self.height || kx0 == kx1 {
-                    drow.fill(0.0);
+                    drow.fill(zero);
                     continue;
                 }
                 let ix0 = x0 + kx0 - pw;
-                let src = ((b * self.height + iy) * self.width + ix0) * c;
-                drow[..kx0 * c].fill(0.0);
-                drow[kx0 * c..kx1 * c].copy_from_slice(&x[src..src + (kx1 - kx0) * c]);
-                drow[kx1 * c..].fill(0.0);
+                let at = ((b * self.height + iy) * self.width + ix0) * unit;
+                drow[..kx0 * unit].fill(zero);
+                drow[kx0 * unit..kx1 * unit].copy_from_slice(&src[at..at + (kx1 - kx0) * unit]);
+                drow[kx1 * unit..].fill(zero);
             }
         }
     }
 
-    /// Output pixels per im2col tile: about [`IM2COL_TILE_BYTES`] of rows, but few enough that
-    /// `threads` threads get a few tiles each.
-    fn tile_pixels(&self, threads: usize) -> usize {
-        let by_bytes = IM2COL_TILE_BYTES / (self.patch.max(1) * size_of::<f32>());
-        let by_threads = if threads > 1 {
-            self.pixels.div_ceil(2 * threads)
-        } else {
-            self.pixels
-        };
+    /// Output pixels per im2col tile whose rows take `row_bytes` each: tiles of at most about
+    /// [`IM2COL_TILE_BYTES`], as many as a multiple of `threads` (so that each thread gets the
+    /// same number), and as few as that allows (each tile repacks the weights).
+    fn tile_pixels(&self, row_bytes: usize, threads: usize) -> usize {
+        let bytes = self.pixels.saturating_mul(row_bytes.max(1));
+        let threads = threads.max(1);
+        let tiles = bytes.div_ceil(IM2COL_TILE_BYTES).div_ceil(threads).max(1) * threads;
         // Multiples of 16 rows keep the matmul kernels' row passes whole.
-        by_bytes.min(by_threads).div_ceil(16).max(1) * 16
+        self.pixels.div_ceil(tiles).div_ceil(16).max(1) * 16
     }
 }
 
@@ -545,22 +548,47 @@ pub fn conv2d(
         Parallelism::Rayon => rayon::current_num_threads(),
         Parallelism::None => 1,
     };
-    let tile = shape.tile_pixels(threads);
-    // One tile per task: gather its rows, multiply on this thread, add the bias while the tile
-    // is in cache. Each task owns its rows of `out`, so no synchronisation is needed.
-    let task = |(t, out_tile): (usize, &mut [f32])| -> Result<()> {
+    if w.format().is_block() && shape.c_in.is_multiple_of(QK) {
+        // Quantize every input pixel once; the taps that reuse a pixel copy its blocks.
+        let pixels = shape.batch * shape.height * shape.width;
+        let xq = PackedX::quantize(x, pixels, shape.c_in, par)?;
+        let unit = shape.c_in / QK;
+        let nb = k / QK;
+        let tile = shape.tile_pixels(nb * size_of::<RowBlock>(), threads);
+        return for_each_tile(out, tile * n, par, |t, out_tile| {
+            let rows = out_tile.len() / n;
+            let mut blocks = vec![RowBlock::ZERO; rows * nb];
+            shape.im2col(&xq.rows, unit, RowBlock::ZERO, t * tile, &mut blocks);
+            let packed = PackedX::from_rows(nb, rows, blocks)?;
+            matmul_q8_activations(&packed, w, out_tile, 1.0, 0.0, Parallelism::None)?;
+            add_bias(out_tile, n, bias);
+            Ok(())
+        });
+    }
+    let tile = shape.tile_pixels(k * size_of::<f32>(), threads);
+    for_each_tile(out, tile * n, par, |t, out_tile| {
         let rows = out_tile.len() / n;
         let mut cols = vec![0.0f32; rows * k];
-        shape.im2col(x, t * tile, &mut cols);
+        shape.im2col(x, shape.c_in, 0.0, t * tile, &mut cols);
         matmul(&cols, rows, w, out_tile, Parallelism::None)?;
         add_bias(out_tile, n, bias);
         Ok(())
-    };
+    })
+}
+
+/// Runs `task(t, tile)` on the consecutive `len`-value tiles of `out` (the last may be
+/// shorter), split over threads by `par`. Each task owns its rows of `out`: one tile is
+/// gathered, multiplied on one thread and given its bias while it is in cache.
+fn for_each_tile<F>(out: &mut [f32], len: usize, par: Parallelism, task: F) -> Result<()>
+where
+    F: Fn(usize, &mut [f32]) -> Result<()> + Sync,
+{
+    let task = |(t, tile): (usize, &mut [f32])| task(t, tile);
     match par {
-        Parallelism::Rayon if m > tile => {
-            out.par_chunks_mut(tile * n).enumerate().try_for_each(task)
+        Parallelism::Rayon if out.len() > len => {
+            out.par_chunks_mut(len).enumerate().try_for_each(task)
         }
-        _ => out.chunks_mut(tile * n).enumerate().try_for_each(task),
+        _ => out.chunks_mut(len).enumerate().try_for_each(task),
     }
 }
 
@@ -668,7 +696,7 @@ mod tests {
             let x: Vec<f32> = (0..s.input_len()).map(|i| i as f32 + 1.0).collect();
             let (m, patch, _) = s.gemm_dims();
             let mut cols = vec![-1.0; m * patch];
-            s.im2col(&x, 0, &mut cols);
+            s.im2col(&x, c, 0.0, 0, &mut cols);
             for p in 0..m {
                 let (b, oy, ox) = (
                     p / (s.out_height * s.out_width),
@@ -698,9 +726,18 @@ mod tests {
     #[test]
     fn tiles_are_bounded_and_cover_small_problems_in_several() {
         let s = shape(128, 128, 64, 3, 1, 1);
-        let rows = s.tile_pixels(2);
-        assert!(rows * s.patch * 4 <= IM2COL_TILE_BYTES + 16 * s.patch * 4);
+        let row_bytes = s.patch * 4;
+        let rows = s.tile_pixels(row_bytes, 2);
+        assert!(rows * row_bytes <= IM2COL_TILE_BYTES + 16 * row_bytes);
+        // A problem within the budget still gives each thread a tile, and one thread one tile.
         let small = shape(8, 8, 32, 3, 1, 1);
-        assert!(small.tile_pixels(2) < small.pixels);
+        assert_eq!(
+            small.pixels.div_ceil(small.tile_pixels(small.patch * 4, 2)),
+            2
+        );
+        assert_eq!(
+            small.tile_pixels(small.patch * 4, 1),
+            small.pixels.div_ceil(16) * 16
+        );
     }
 }
