@@ -36,7 +36,7 @@ fn plan(c: &mut Criterion) {
     let planner = TransitionPlanner::new(8192).with_model_params(2_600_000_000);
     for steps in STEPS {
         let schedule = PrecisionSchedule::generate(config(steps)).expect("valid");
-        assert_eq!(schedule.precision_at(steps - 1), Some(Precision::FP16));
+        assert_eq!(schedule.precision_at(steps - 1), Ok(Precision::FP16));
         group.throughput(Throughput::Elements(u64::from(steps)));
         group.bench_with_input(BenchmarkId::from_parameter(steps), &schedule, |b, s| {
             b.iter(|| planner.plan_schedule(black_box(s)).expect("fits"));

@@ -160,7 +160,7 @@ fn capabilities(name: &str, vram_mb: u64) -> anyhow::Result<PrecisionCapabilitie
     Ok(match name.trim().to_ascii_lowercase().as_str() {
         "modern-gpu" => PrecisionCapabilities::modern_gpu(vram_mb),
         "legacy-gpu" => PrecisionCapabilities::legacy_gpu(vram_mb),
-        "cpu" => PrecisionCapabilities::cpu(vram_mb),
+        "cpu" => PrecisionCapabilities::cpu_with_kernels(vram_mb),
         "probe" => haagenti_adaptive::probe::probe_capabilities()
             .context("--capabilities probe: probing this machine")?,
         _ => bail!("--capabilities {name:?}: expected modern-gpu, legacy-gpu, cpu or probe"),
@@ -378,7 +378,7 @@ fn table(plan: &TransitionPlan, capabilities: &str, bound: Option<&ErrorBound>) 
         }
         out.push('\n');
     }
-    let _ = writeln!(out, "timeline: {}", s.format_timeline());
+    let _ = writeln!(out, "timeline: {}", s.format_runs());
     match (s.estimate_source, s.predicted_cost, s.predicted_error) {
         (EstimateSource::Measured, Some(cost), Some(error)) => {
             let bound = match bound {

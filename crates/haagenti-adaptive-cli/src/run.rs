@@ -531,7 +531,11 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
     for name in &wanted {
         if let Some((_, p)) = uniform_names().iter().find(|(n, _)| n == name) {
             plans.push(RunPlan::uniform(name.clone(), *p, steps));
-        } else if let Some(preset) = ProfilePreset::all().into_iter().find(|p| p.name() == name) {
+        } else if let Some(preset) = ProfilePreset::all()
+            .iter()
+            .copied()
+            .find(|p| p.name() == name)
+        {
             plans.push(preset_plan(preset, steps)?);
         }
     }
@@ -572,7 +576,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
         )?;
         // The best seed preset on the calibration batch, by measured MSE.
         let mut best: Option<(f64, RunPlan)> = None;
-        for preset in ProfilePreset::all() {
+        for &preset in ProfilePreset::all() {
             let plan = preset_plan(preset, steps)?;
             let rec = exec.run(&mut model, &plan, &xc, cb, |_| {})?;
             let e = mse(&ref_c.samples, &rec.samples)?;

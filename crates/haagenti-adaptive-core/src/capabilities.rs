@@ -17,8 +17,9 @@ use crate::{AdaptiveError, Precision, Result};
 /// let legacy = PrecisionCapabilities::legacy_gpu(4096);
 /// // An INT4 request on an FP16/FP32 device gets the cheapest precision above it: FP16.
 /// assert_eq!(legacy.best_supported(Precision::INT4), Precision::FP16);
-/// // 1 billion parameters at INT4 with block scales: 4.5 bits a weight.
-/// assert_eq!(legacy.estimate_vram(1_000_000_000, Precision::INT4), 537);
+/// // 1 billion parameters at INT4 with block scales: 4.5 bits a weight, in bytes.
+/// assert_eq!(legacy.estimate_vram(1_000_000_000, Precision::INT4), 562_500_000);
+/// assert!(legacy.fits_model(1_000_000_000, Precision::FP16)); // 1908 MiB of 4096
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrecisionCapabilities {
@@ -61,9 +62,19 @@ impl PrecisionCapabilities {
         }
     }
 
-    /// A CPU with `memory_mb` of memory. This project's kernels run every precision on any CPU
-    /// (SIMD where the CPU has it, portable code where not), so all five are supported; FP32 is native.
+    /// A CPU with `memory_mb` of memory as the seed crate describes one: INT8 and FP32 only,
+    /// FP32 native. This project's kernels run every precision on any CPU; for that, see
+    /// [`PrecisionCapabilities::cpu_with_kernels`].
     pub fn cpu(memory_mb: u64) -> Self {
+        PrecisionCapabilities {
+            supported: vec![Precision::INT8, Precision::FP32],
+            ..PrecisionCapabilities::cpu_with_kernels(memory_mb)
+        }
+    }
+
+    /// A CPU with `memory_mb` of memory running this project's kernels: every precision
+    /// (SIMD where the CPU has it, portable code where not), FP32 native.
+    pub fn cpu_with_kernels(memory_mb: u64) -> Self {
         PrecisionCapabilities {
             supported: Precision::ALL.to_vec(),
             native: Precision::FP32,
@@ -110,14 +121,16 @@ impl PrecisionCapabilities {
             .ok_or(AdaptiveError::UnsupportedPrecision(precision))
     }
 
-    /// MiB that `params` weights take at `precision`, counting block scales, rounded up.
+    /// Bytes that `params` weights take at `precision`, counting block scales (the seed crate's
+    /// unit, bytes; [`weight_mb`] gives MiB), rounded up. Saturates at `u64::MAX`.
     pub fn estimate_vram(&self, params: u64, precision: Precision) -> u64 {
-        weight_mb(params, precision)
+        weight_bytes(params, precision)
     }
 
-    /// Whether `params` weights at `precision` fit in [`PrecisionCapabilities::vram_mb`].
+    /// Whether `params` weights at `precision` fit in [`PrecisionCapabilities::vram_mb`]
+    /// ([`weight_mb`] MiB, block scales counted).
     pub fn fits_model(&self, params: u64, precision: Precision) -> bool {
-        self.estimate_vram(params, precision) <= self.vram_mb
+        weight_mb(params, precision) <= self.vram_mb
     }
 }
 
@@ -140,9 +153,29 @@ impl Default for PrecisionCapabilities {
 /// ```
 pub fn weight_mb(params: u64, precision: Precision) -> u64 {
     const MIB_BITS: u128 = 8 * 1024 * 1024;
-    // Effective bits are multiples of 0.5, so twice them is exact in integers.
-    let half_bits = (precision.effective_bits() * 2.0) as u128;
-    (params as u128 * half_bits).div_ceil(2 * MIB_BITS) as u64
+    (params as u128 * half_bits(precision)).div_ceil(2 * MIB_BITS) as u64
+}
+
+/// Bytes that `params` weights take at `precision`, counting block scales, rounded up, saturating
+/// at `u64::MAX`.
+///
+/// # Examples
+///
+/// ```
+/// use haagenti_adaptive_core::{weight_bytes, Precision};
+///
+/// assert_eq!(weight_bytes(32, Precision::INT4), 18); // one Q4_0 block
+/// assert_eq!(weight_bytes(1000, Precision::FP16), 2000);
+/// ```
+pub fn weight_bytes(params: u64, precision: Precision) -> u64 {
+    let bytes = (params as u128 * half_bits(precision)).div_ceil(16);
+    u64::try_from(bytes).unwrap_or(u64::MAX)
+}
+
+/// Twice the effective bits of `precision`: effective bits are multiples of 0.5, so this is exact
+/// in integers.
+fn half_bits(precision: Precision) -> u128 {
+    (precision.effective_bits() * 2.0) as u128
 }
 
 #[cfg(test)]
@@ -174,8 +207,11 @@ mod tests {
     fn memory_estimates_count_block_scales() {
         let caps = PrecisionCapabilities::modern_gpu(1000);
         let params = 1_000_000_000;
-        assert_eq!(caps.estimate_vram(params, Precision::FP16), 1908); // 2e9 B / 2^20
-        assert_eq!(caps.estimate_vram(params, Precision::INT4), 537); // 0.5625e9 B
+        assert_eq!(caps.estimate_vram(params, Precision::FP16), 2_000_000_000);
+        assert_eq!(caps.estimate_vram(params, Precision::INT4), 562_500_000);
+        assert_eq!(caps.estimate_vram(u64::MAX, Precision::FP32), u64::MAX);
+        assert_eq!(weight_mb(params, Precision::FP16), 1908); // 2e9 B / 2^20, rounded up
+        assert_eq!(weight_mb(params, Precision::INT4), 537); // 0.5625e9 B
         assert!(caps.fits_model(params, Precision::INT4));
         assert!(!caps.fits_model(params, Precision::INT8));
         assert_eq!(weight_mb(0, Precision::FP32), 0);
@@ -183,6 +219,17 @@ mod tests {
             weight_mb(u64::MAX, Precision::FP32),
             u64::MAX / (1 << 18) + 1
         );
+    }
+
+    #[test]
+    fn cpu_is_the_seed_preset_and_cpu_with_kernels_runs_everything() {
+        let seed = PrecisionCapabilities::cpu(1024);
+        assert_eq!(seed.supported, vec![Precision::INT8, Precision::FP32]);
+        assert_eq!(seed.best_supported(Precision::INT4), Precision::INT8);
+        assert_eq!(seed.best_supported(Precision::FP16), Precision::FP32);
+        let ours = PrecisionCapabilities::cpu_with_kernels(1024);
+        assert!(Precision::ALL.iter().all(|&p| ours.supports(p)));
+        assert_eq!((ours.native, ours.vram_mb), (seed.native, seed.vram_mb));
     }
 
     #[test]

@@ -23,7 +23,7 @@ mod error;
 mod precision;
 mod strategy;
 
-pub use capabilities::{PrecisionCapabilities, weight_mb};
+pub use capabilities::{PrecisionCapabilities, weight_bytes, weight_mb};
 pub use error::{AdaptiveError, Result};
 pub use precision::{ParsePrecisionError, Precision};
 pub use strategy::{ParseStrategyError, TransitionStrategy};

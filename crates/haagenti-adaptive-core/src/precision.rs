@@ -100,7 +100,8 @@ impl Precision {
         self.effective_bits() / 32.0
     }
 
-    /// The seed crate's assumed speed relative to FP32 (INT4 4.0, INT8 2.5, BF16/FP16 2.0, FP32 1.0).
+    /// The seed crate's assumed speed relative to FP32 (INT4 4.0, INT8 2.5, BF16 1.8, FP16 2.0,
+    /// FP32 1.0).
     ///
     /// These are heuristics, not measurements: they are what a schedule falls back on when no
     /// measured cost table is given.
@@ -108,26 +109,34 @@ impl Precision {
         match self {
             Precision::INT4 => 4.0,
             Precision::INT8 => 2.5,
-            Precision::BF16 | Precision::FP16 => 2.0,
+            Precision::BF16 => 1.8,
+            Precision::FP16 => 2.0,
             Precision::FP32 => 1.0,
         }
     }
 
-    /// The seed crate's assumed quality relative to FP32, in `[0, 1]`.
+    /// The seed crate's assumed quality relative to FP32, in `[0, 1]` (INT4 0.92, INT8 0.97,
+    /// BF16 0.995, FP16 0.998, FP32 1.0).
     ///
     /// Heuristics, not measurements, like [`Precision::speedup_factor`].
     pub const fn quality_factor(self) -> f32 {
         match self {
-            Precision::INT4 => 0.85,
-            Precision::INT8 => 0.95,
-            Precision::BF16 => 0.98,
-            Precision::FP16 => 0.99,
+            Precision::INT4 => 0.92,
+            Precision::INT8 => 0.97,
+            Precision::BF16 => 0.995,
+            Precision::FP16 => 0.998,
             Precision::FP32 => 1.0,
         }
     }
 
-    /// Whether values pass through unchanged (FP32 only).
+    /// Whether the precision is lossless or nearly so: the float formats (BF16, FP16, FP32), as
+    /// in the seed crate. [`Precision::is_exact`] is true for FP32 alone.
     pub const fn is_lossless(self) -> bool {
+        matches!(self, Precision::BF16 | Precision::FP16 | Precision::FP32)
+    }
+
+    /// Whether values pass through unchanged: FP32 only, the reference precision.
+    pub const fn is_exact(self) -> bool {
         matches!(self, Precision::FP32)
     }
 

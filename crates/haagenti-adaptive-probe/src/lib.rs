@@ -221,7 +221,7 @@ impl CapabilityReport {
                     .or(self.cpu.memory_total_mb)
                     .filter(|&mb| mb > 0)
                     .ok_or(ProbeError::UnknownMemory)?;
-                Ok(PrecisionCapabilities::cpu(memory))
+                Ok(PrecisionCapabilities::cpu_with_kernels(memory))
             }
             DeviceChoice::Adapter(index) => {
                 let adapter = self.adapters.get(index).ok_or(ProbeError::NoSuchAdapter {

@@ -13,8 +13,8 @@ pub const MAX_STEPS: u32 = 10_000_000;
 /// Configuration for [`crate::PrecisionSchedule::generate`].
 ///
 /// Missing fields take their defaults when deserialised (30 steps, `balanced`, a modern 8 GiB GPU,
-/// `min_quality` 0.9, immediate transitions, lenient capabilities, no noise schedule, no noise
-/// profile), and deserialising checks the same things as [`ScheduleConfig::validate`].
+/// `min_quality` 0.9, immediate transitions, strict capabilities as in the seed crate, no noise
+/// schedule, no noise profile), and deserialising checks the same things as [`ScheduleConfig::validate`].
 ///
 /// # Profiles: by fraction or by noise level
 ///
@@ -69,7 +69,7 @@ pub struct ScheduleConfig {
     pub transition_strategy: TransitionStrategy,
     /// Whether a zone precision with nothing supported at or above it is an error
     /// ([`AdaptiveError::UnsupportedPrecision`]) rather than a fall back to the most faithful
-    /// supported precision.
+    /// supported precision. `true` by default, as in the seed crate.
     pub strict_capabilities: bool,
 }
 
@@ -84,7 +84,7 @@ impl Default for ScheduleConfig {
             capabilities: PrecisionCapabilities::default(),
             min_quality: 0.9,
             transition_strategy: TransitionStrategy::default(),
-            strict_capabilities: false,
+            strict_capabilities: true,
         }
     }
 }

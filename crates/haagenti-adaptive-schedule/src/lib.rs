@@ -42,8 +42,8 @@
 //!     .steps(20)
 //!     .capabilities(PrecisionCapabilities::modern_gpu(8192));
 //! let schedule = PrecisionSchedule::generate(config)?;
-//! assert_eq!(schedule.precision_at(0), Some(Precision::INT4));
-//! assert_eq!(schedule.precision_at(19), Some(Precision::FP16));
+//! assert_eq!(schedule.precision_at(0), Ok(Precision::INT4));
+//! assert_eq!(schedule.precision_at(19), Ok(Precision::FP16));
 //! assert_eq!(format!("{:.2}", schedule.estimated_speedup), "2.42");
 //!
 //! // By noise level: INT4 while sigma > 10, INT8 while sigma > 1, FP16 below.
@@ -52,8 +52,8 @@
 //!     ScheduleConfig::with_preset(ProfilePreset::NoiseAdaptive).noise("flow:shift=3".parse()?),
 //! )?;
 //! assert_eq!(noisy.steps[0].sigma, Some(1.0));
-//! assert_eq!(noisy.precision_at(0), Some(Precision::INT4));
-//! assert_eq!(noisy.precision_at(29), Some(Precision::FP16));
+//! assert_eq!(noisy.precision_at(0), Ok(Precision::INT4));
+//! assert_eq!(noisy.precision_at(29), Ok(Precision::FP16));
 //! # Ok::<(), haagenti_adaptive_core::AdaptiveError>(())
 //! ```
 
@@ -69,6 +69,9 @@ pub use haagenti_adaptive_core::{AdaptiveError, Precision, Result};
 pub use preset::{ParsePresetError, ProfilePreset};
 pub use profile::{PrecisionProfile, PrecisionZone};
 pub use schedule::{EstimateSource, PrecisionSchedule, StepPrecision};
+/// The `smallvec` crate, whose `SmallVec<[u32; 32]>` [`PrecisionSchedule::steps_at_precision`]
+/// returns, so callers can name that type without their own dependency.
+pub use smallvec;
 
 /// Generates the schedule of `preset` over `steps` steps with every other setting at its default:
 /// `PrecisionSchedule::generate(ScheduleConfig::with_preset(preset).steps(steps))`.

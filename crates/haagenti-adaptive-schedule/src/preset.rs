@@ -10,6 +10,7 @@ use crate::PrecisionProfile;
 use crate::noise::NoiseProfile;
 
 /// Ready-made precision profiles, named in kebab-case (`balanced`, `low-vram`, …) in text and JSON.
+/// JSON also accepts the seed crate's names (`"Balanced"`, `"LowVram"`, …), so its files still load.
 ///
 /// Every preset is a rising profile: cheap precisions while noise dominates the latent, more
 /// faithful ones as the image forms. The zone boundaries are the project's choices (the seed
@@ -41,32 +42,38 @@ use crate::noise::NoiseProfile;
 /// assert_eq!(preset, ProfilePreset::LowVram);
 /// assert_eq!(preset.to_string(), "low-vram");
 /// let balanced = ProfilePreset::default().build();
-/// assert_eq!(balanced.precision_at(0.3), Some(Precision::INT8));
+/// assert_eq!(balanced.precision_at(0.3), Precision::INT8);
 /// # Ok::<(), haagenti_adaptive_schedule::ParsePresetError>(())
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProfilePreset {
     /// Mostly INT4 and INT8: the fastest, at some cost in quality.
+    #[serde(alias = "Performance")]
     Performance,
     /// INT4 for the first quarter, INT8 to half way, FP16 after (the seed's default).
     #[default]
+    #[serde(alias = "Balanced")]
     Balanced,
     /// INT8 only at the very start, FP16 through the middle, FP32 for the last tenth.
+    #[serde(alias = "Quality")]
     Quality,
     /// INT4 then INT8, never a 16-bit copy: the least weight memory.
+    #[serde(alias = "LowVram")]
     LowVram,
     /// INT8 then FP16, never INT4.
+    #[serde(alias = "Conservative")]
     Conservative,
     /// INT4 / INT8 / FP16 by the sampler's noise level: INT4 while sigma > 10, INT8 while
     /// sigma > 1, FP16 below ([`NoiseProfile::noise_adaptive`]).
+    #[serde(alias = "NoiseAdaptive")]
     NoiseAdaptive,
 }
 
 impl ProfilePreset {
     /// Every preset, in declaration order.
-    pub fn all() -> [ProfilePreset; 6] {
-        [
+    pub fn all() -> &'static [ProfilePreset] {
+        &[
             ProfilePreset::Performance,
             ProfilePreset::Balanced,
             ProfilePreset::Quality,
@@ -89,7 +96,7 @@ impl ProfilePreset {
     }
 
     /// One sentence saying what the preset is for.
-    pub const fn description(self) -> &'static str {
+    pub const fn description(&self) -> &'static str {
         match self {
             ProfilePreset::Performance => {
                 "maximum speed: INT4 for the first half, INT8 to 80 %, FP16 for the end"
@@ -207,7 +214,8 @@ impl FromStr for ProfilePreset {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let wanted = s.trim().to_ascii_lowercase().replace('_', "-");
         ProfilePreset::all()
-            .into_iter()
+            .iter()
+            .copied()
             .find(|p| p.name() == wanted)
             .ok_or_else(|| ParsePresetError(s.to_owned()))
     }
@@ -219,7 +227,7 @@ mod tests {
 
     #[test]
     fn every_preset_builds_a_valid_profile_and_round_trips_its_name() {
-        for preset in ProfilePreset::all() {
+        for &preset in ProfilePreset::all() {
             let profile = preset.build();
             profile.validate().unwrap();
             assert_eq!(profile.name, preset.to_string());
@@ -236,7 +244,11 @@ mod tests {
             Ok(ProfilePreset::LowVram)
         );
         assert!("turbo".parse::<ProfilePreset>().is_err());
-        assert!(serde_json::from_str::<ProfilePreset>("\"LowVram\"").is_err());
+        assert_eq!(
+            serde_json::from_str::<ProfilePreset>("\"LowVram\"").unwrap(),
+            ProfilePreset::LowVram
+        );
+        assert!(serde_json::from_str::<ProfilePreset>("\"lowvram\"").is_err());
     }
 
     #[test]

@@ -49,8 +49,8 @@ impl PrecisionZone {
 ///     .add_zone(0.4, 1.0, Precision::FP16, "details form late")
 ///     .add_zone(0.0, 0.4, Precision::INT8, "noise masks rounding early");
 /// profile.validate()?;
-/// assert_eq!(profile.precision_at(0.1), Some(Precision::INT8));
-/// assert_eq!(profile.precision_at(0.4), Some(Precision::FP16));
+/// assert_eq!(profile.precision_at(0.1), Precision::INT8);
+/// assert_eq!(profile.precision_at(0.4), Precision::FP16);
 /// assert_eq!(profile.transition_count(), 1);
 ///
 /// // A zone that runs backwards is rejected.
@@ -88,12 +88,13 @@ struct ProfileData {
     vram_target: f32,
 }
 
+/// The seed crate's default targets.
 fn default_quality_target() -> f32 {
-    0.9
+    0.95
 }
 
 fn default_vram_target() -> f32 {
-    1.0
+    0.8
 }
 
 impl TryFrom<ProfileData> for PrecisionProfile {
@@ -113,8 +114,8 @@ impl TryFrom<ProfileData> for PrecisionProfile {
 }
 
 impl PrecisionProfile {
-    /// An empty profile (not yet valid: add zones covering `[0, 1)`), with a quality target of 0.9
-    /// and a memory target of 1.0.
+    /// An empty profile (not yet valid: add zones covering `[0, 1)`), with the seed crate's
+    /// quality target of 0.95 and memory target of 0.8.
     pub fn new(name: impl Into<String>, description: impl Into<String>) -> Self {
         PrecisionProfile {
             name: name.into(),
@@ -234,13 +235,30 @@ impl PrecisionProfile {
         Ok(())
     }
 
-    /// The precision asked for at `fraction` of the run, or `None` when no zone holds it
-    /// (a fraction outside `[0, 1)`, NaN, or a profile that does not validate).
-    pub fn precision_at(&self, fraction: f32) -> Option<Precision> {
-        self.zones
-            .iter()
-            .find(|z| z.contains(fraction))
-            .map(|z| z.precision)
+    /// The precision asked for at `fraction` of the run: the precision of the zone holding it, and
+    /// FP16 where no zone does (a fraction outside `[0, 1)`, NaN, or a profile with a gap), as in
+    /// the seed crate. [`PrecisionProfile::zone_at`] tells the two cases apart.
+    pub fn precision_at(&self, fraction: f32) -> Precision {
+        self.zone_at(fraction)
+            .map_or(Precision::FP16, |z| z.precision)
+    }
+
+    /// The zone holding `fraction` of the run, or `None` when no zone does (a fraction outside
+    /// `[0, 1)`, NaN, or a profile that does not validate).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use haagenti_adaptive_core::Precision;
+    /// use haagenti_adaptive_schedule::ProfilePreset;
+    ///
+    /// let balanced = ProfilePreset::Balanced.build();
+    /// assert_eq!(balanced.zone_at(0.3).map(|z| z.precision), Some(Precision::INT8));
+    /// assert!(balanced.zone_at(1.0).is_none());
+    /// assert_eq!(balanced.precision_at(1.0), Precision::FP16);
+    /// ```
+    pub fn zone_at(&self, fraction: f32) -> Option<&PrecisionZone> {
+        self.zones.iter().find(|z| z.contains(fraction))
     }
 
     /// Weight memory relative to FP32, averaged over the run by zone width, counting block scales
@@ -327,16 +345,22 @@ mod tests {
             .add_zone(0.0, 0.25, Precision::INT4, "")
             .add_zone(0.25, 0.5, Precision::INT8, "");
         p.validate().unwrap();
-        assert_eq!(p.precision_at(0.0), Some(Precision::INT4));
-        assert_eq!(p.precision_at(0.25), Some(Precision::INT8));
-        assert_eq!(p.precision_at(0.999), Some(Precision::FP16));
-        assert_eq!(p.precision_at(1.0), None);
-        assert_eq!(p.precision_at(f32::NAN), None);
+        assert_eq!(p.precision_at(0.0), Precision::INT4);
+        assert_eq!(p.precision_at(0.25), Precision::INT8);
+        assert_eq!(p.precision_at(0.999), Precision::FP16);
+        assert!(p.zone_at(1.0).is_none());
+        assert!(p.zone_at(f32::NAN).is_none());
+        // Where no zone holds the fraction, the seed's fallback: FP16.
+        assert_eq!(p.precision_at(1.0), Precision::FP16);
+        assert_eq!(p.precision_at(f32::NAN), Precision::FP16);
+        let int8 = PrecisionProfile::new("i", "").add_zone(0.0, 1.0, Precision::INT8, "");
+        assert_eq!(int8.precision_at(0.5), Precision::INT8);
+        assert_eq!(int8.precision_at(-0.1), Precision::FP16);
         assert_eq!(p.transition_count(), 2);
         // 0.25 * 4.5/32 + 0.25 * 8.5/32 + 0.5 * 16/32
         let vram = 0.25 * 0.140625 + 0.25 * 0.265625 + 0.5 * 0.5;
         assert!((p.estimated_vram_ratio() - vram).abs() < 1e-6);
-        let quality = 0.25 * 0.85 + 0.25 * 0.95 + 0.5 * 0.99;
+        let quality = 0.25 * 0.92 + 0.25 * 0.97 + 0.5 * 0.998;
         assert!((p.estimated_quality() - quality).abs() < 1e-6);
     }
 

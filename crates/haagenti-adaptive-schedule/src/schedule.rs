@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use haagenti_adaptive_core::{AdaptiveError, Precision, Result, TransitionStrategy};
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::ScheduleConfig;
 use crate::solver::{self, ErrorBound, ErrorTable, SolveOptions};
@@ -86,7 +87,7 @@ pub struct StepPrecision {
 /// use haagenti_adaptive_schedule::{quick_schedule, ProfilePreset};
 ///
 /// let s = quick_schedule(ProfilePreset::Balanced, 20)?;
-/// assert_eq!(s.precision_at(0), Some(Precision::INT4));
+/// assert_eq!(s.precision_at(0), Ok(Precision::INT4));
 /// assert_eq!(s.transitions, vec![(5, Precision::INT4, Precision::INT8), (10, Precision::INT8, Precision::FP16)]);
 /// // 20 steps at FP32 time 20; here 5/4 + 5/2.5 + 10/2 = 8.25.
 /// assert!((s.estimated_speedup - 20.0 / 8.25).abs() < 1e-5);
@@ -523,36 +524,62 @@ impl PrecisionSchedule {
         self.steps.len() as u32
     }
 
-    /// The precision of `step`, or `None` past the end.
-    pub fn precision_at(&self, step: u32) -> Option<Precision> {
+    /// The precision of `step`.
+    ///
+    /// # Errors
+    ///
+    /// [`AdaptiveError::InvalidStep`] past the end ([`PrecisionSchedule::get`] gives an `Option`).
+    pub fn precision_at(&self, step: u32) -> Result<Precision> {
         self.step_info(step).map(|s| s.precision)
-    }
-
-    /// Everything about `step`, or `None` past the end.
-    pub fn step_info(&self, step: u32) -> Option<&StepPrecision> {
-        self.steps.get(step as usize)
     }
 
     /// Everything about `step`.
     ///
     /// # Errors
     ///
-    /// [`AdaptiveError::InvalidStep`] past the end.
-    pub fn require_step(&self, step: u32) -> Result<&StepPrecision> {
-        self.step_info(step).ok_or(AdaptiveError::InvalidStep {
+    /// [`AdaptiveError::InvalidStep`] past the end ([`PrecisionSchedule::get`] gives an `Option`).
+    pub fn step_info(&self, step: u32) -> Result<&StepPrecision> {
+        self.get(step).ok_or(AdaptiveError::InvalidStep {
             step,
             total_steps: self.total_steps(),
         })
     }
 
-    /// The first transition strictly after step `after`.
-    pub fn next_transition(&self, after: u32) -> Option<(u32, Precision, Precision)> {
-        let i = self.transitions.partition_point(|t| t.0 <= after);
+    /// Everything about `step`, or `None` past the end.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use haagenti_adaptive_core::Precision;
+    /// use haagenti_adaptive_schedule::{quick_schedule, ProfilePreset};
+    ///
+    /// let s = quick_schedule(ProfilePreset::Balanced, 20)?;
+    /// assert_eq!(s.get(5).map(|st| st.precision), Some(Precision::INT8));
+    /// assert!(s.get(20).is_none());
+    /// # Ok::<(), haagenti_adaptive_core::AdaptiveError>(())
+    /// ```
+    pub fn get(&self, step: u32) -> Option<&StepPrecision> {
+        self.steps.get(step as usize)
+    }
+
+    /// Everything about `step`: the same as [`PrecisionSchedule::step_info`].
+    ///
+    /// # Errors
+    ///
+    /// [`AdaptiveError::InvalidStep`] past the end.
+    pub fn require_step(&self, step: u32) -> Result<&StepPrecision> {
+        self.step_info(step)
+    }
+
+    /// The first transition strictly after step `after_step`.
+    pub fn next_transition(&self, after_step: u32) -> Option<(u32, Precision, Precision)> {
+        let i = self.transitions.partition_point(|t| t.0 <= after_step);
         self.transitions.get(i).copied()
     }
 
-    /// The steps that run at `precision`, in order.
-    pub fn steps_at_precision(&self, precision: Precision) -> Vec<u32> {
+    /// The steps that run at `precision`, in order (inline for up to 32 steps, as in the seed
+    /// crate).
+    pub fn steps_at_precision(&self, precision: Precision) -> SmallVec<[u32; 32]> {
         self.steps
             .iter()
             .filter(|s| s.precision == precision)
@@ -561,18 +588,46 @@ impl PrecisionSchedule {
     }
 
     /// Each precision used, in fidelity order, with its number of steps and share of the run.
-    pub fn precision_distribution(&self) -> Vec<(Precision, u32, f32)> {
+    pub fn precision_distribution(&self) -> Vec<(Precision, usize, f32)> {
         let n = self.steps.len().max(1) as f32;
         Precision::ALL
             .iter()
             .filter_map(|&p| {
-                let count = self.steps.iter().filter(|s| s.precision == p).count() as u32;
+                let count = self.steps.iter().filter(|s| s.precision == p).count();
                 (count > 0).then(|| (p, count, count as f32 / n))
             })
             .collect()
     }
 
-    /// A one-line picture of the run: a bar with one character a step (sampled to 60 columns for
+    /// The seed crate's two-line timeline: `Step: ` and the number of every fifth step (`{:2} `
+    /// each), then `Prec: ` and one character a step (`4` INT4, `8` INT8, `B` BF16, `H` FP16,
+    /// `F` FP32), each line ending in a newline. [`PrecisionSchedule::format_runs`] gives a
+    /// compact summary of the runs instead.
+    ///
+    /// ```
+    /// # use haagenti_adaptive_schedule::{quick_schedule, ProfilePreset};
+    /// let s = quick_schedule(ProfilePreset::Balanced, 12)?;
+    /// assert_eq!(s.format_timeline(), "Step:  0  5 10 \nPrec: 444888HHHHHH\n");
+    /// # Ok::<(), haagenti_adaptive_core::AdaptiveError>(())
+    /// ```
+    pub fn format_timeline(&self) -> String {
+        let mut out = String::from("Step: ");
+        for step in self.steps.iter().filter(|s| s.step % 5 == 0) {
+            let _ = write!(out, "{:2} ", step.step);
+        }
+        out.push_str("\nPrec: ");
+        out.extend(self.steps.iter().map(|s| match s.precision {
+            Precision::INT4 => '4',
+            Precision::INT8 => '8',
+            Precision::BF16 => 'B',
+            Precision::FP16 => 'H',
+            Precision::FP32 => 'F',
+        }));
+        out.push('\n');
+        out
+    }
+
+    /// A one-line summary of the run: a bar with one character a step (sampled to 60 columns for
     /// longer runs; `4` INT4, `8` INT8, `b` BF16, `h` FP16, `F` FP32), then each run of one
     /// precision as `PRECISION first-last`.
     ///
@@ -582,19 +637,19 @@ impl PrecisionSchedule {
     /// ```
     /// # use haagenti_adaptive_schedule::{quick_schedule, ProfilePreset, PrecisionSchedule, ScheduleConfig};
     /// let s = quick_schedule(ProfilePreset::Balanced, 8)?;
-    /// assert_eq!(s.format_timeline(), "[4488hhhh] INT4 0-1 | INT8 2-3 | FP16 4-7");
+    /// assert_eq!(s.format_runs(), "[4488hhhh] INT4 0-1 | INT8 2-3 | FP16 4-7");
     ///
     /// let noisy = PrecisionSchedule::generate(
     ///     ScheduleConfig::with_preset(ProfilePreset::NoiseAdaptive).steps(8).min_quality(0.0),
     /// )?;
     /// // Karras sigmas 80, 35.0, 13.7, 4.64, 1.29, 0.267, 0.0352, 0.002: INT4 above 10, INT8 above 1.
     /// assert_eq!(
-    ///     noisy.format_timeline(),
+    ///     noisy.format_runs(),
     ///     "[44488hhh] INT4 0-2 | INT8 3-4 | FP16 5-7\nsigma: 80@0 | 4.637@3 | 0.2675@5 | 0.002@7"
     /// );
     /// # Ok::<(), haagenti_adaptive_core::AdaptiveError>(())
     /// ```
-    pub fn format_timeline(&self) -> String {
+    pub fn format_runs(&self) -> String {
         const WIDTH: usize = 60;
         let symbol = |p: Precision| match p {
             Precision::INT4 => '4',
@@ -847,7 +902,7 @@ mod tests {
         let vram = (5.0 * 0.140625 + 5.0 * 0.265625 + 10.0 * 0.5) / 20.0;
         assert!((s.avg_vram_ratio - vram).abs() < 1e-6);
         assert_eq!(s.peak_vram_ratio, 0.5);
-        let quality = (5.0 * 0.85 + 5.0 * 0.95 + 10.0 * 0.99) / 20.0;
+        let quality = (5.0 * 0.92 + 5.0 * 0.97 + 10.0 * 0.998) / 20.0;
         assert!((s.avg_quality_factor - quality).abs() < 1e-6);
         assert_eq!(s.estimate_source, EstimateSource::SeedConstants);
     }
@@ -855,9 +910,17 @@ mod tests {
     #[test]
     fn queries_follow_the_steps() {
         let s = quick_schedule(ProfilePreset::Balanced, 20).unwrap();
-        assert_eq!(s.precision_at(4), Some(Precision::INT4));
-        assert_eq!(s.precision_at(5), Some(Precision::INT8));
-        assert_eq!(s.precision_at(20), None);
+        assert_eq!(s.precision_at(4), Ok(Precision::INT4));
+        assert_eq!(s.precision_at(5), Ok(Precision::INT8));
+        assert_eq!(
+            s.precision_at(20),
+            Err(AdaptiveError::InvalidStep {
+                step: 20,
+                total_steps: 20
+            })
+        );
+        assert!(s.get(20).is_none());
+        assert_eq!(s.get(19).map(|st| st.step), Some(19));
         assert!(s.step_info(5).unwrap().is_transition);
         assert!(!s.step_info(6).unwrap().is_transition);
         assert_eq!(
@@ -876,7 +939,12 @@ mod tests {
             Some((10, Precision::INT8, Precision::FP16))
         );
         assert_eq!(s.next_transition(10), None);
-        assert_eq!(s.steps_at_precision(Precision::INT8), vec![5, 6, 7, 8, 9]);
+        assert_eq!(
+            s.steps_at_precision(Precision::INT8).as_slice(),
+            &[5, 6, 7, 8, 9]
+        );
+        assert!(!s.steps_at_precision(Precision::FP16).spilled());
+        assert!(s.steps_at_precision(Precision::FP32).is_empty());
         assert_eq!(
             s.precision_distribution(),
             vec![
@@ -924,7 +992,8 @@ mod tests {
         };
         let config = ScheduleConfig::default()
             .capabilities(int8_only)
-            .min_quality(0.0);
+            .min_quality(0.0)
+            .strict(false);
         let lenient = PrecisionSchedule::generate(config.clone()).unwrap();
         assert!(
             lenient
@@ -942,25 +1011,46 @@ mod tests {
     fn quality_below_the_minimum_is_an_error() {
         let config = ScheduleConfig::with_preset(ProfilePreset::LowVram)
             .steps(10)
-            .min_quality(0.95);
+            .min_quality(0.96);
         match PrecisionSchedule::generate(config) {
             Err(AdaptiveError::QualityConstraint { actual, threshold }) => {
-                assert!((actual - (4.0 * 0.85 + 6.0 * 0.95) / 10.0).abs() < 1e-6);
-                assert_eq!(threshold, 0.95);
+                assert!((actual - (4.0 * 0.92 + 6.0 * 0.97) / 10.0).abs() < 1e-6);
+                assert_eq!(threshold, 0.96);
             }
             other => panic!("expected a quality error, got {other:?}"),
         }
-        // One step of Balanced is INT4 alone: 0.85 < 0.9 by default.
+        // One step of Balanced is INT4 alone: 0.92 passes the default 0.9, not 0.93.
+        assert!(quick_schedule(ProfilePreset::Balanced, 1).is_ok());
         assert!(matches!(
-            quick_schedule(ProfilePreset::Balanced, 1),
+            PrecisionSchedule::generate(
+                ScheduleConfig::with_preset(ProfilePreset::Balanced)
+                    .steps(1)
+                    .min_quality(0.93)
+            ),
             Err(AdaptiveError::QualityConstraint { .. })
         ));
     }
 
     #[test]
-    fn timeline_is_one_line_and_samples_long_runs() {
+    fn timeline_is_the_seed_format() {
+        let s = quick_schedule(ProfilePreset::Quality, 11).unwrap();
+        let timeline = s.format_timeline();
+        let [steps, precs, rest] = timeline.split('\n').collect::<Vec<_>>()[..] else {
+            panic!("expected two lines ending in a newline")
+        };
+        assert_eq!(steps, "Step:  0  5 10 ");
+        assert_eq!(precs.len(), "Prec: ".len() + 11);
+        assert!(
+            precs.starts_with("Prec: 8") && precs.ends_with('F'),
+            "{precs}"
+        );
+        assert_eq!(rest, "");
+    }
+
+    #[test]
+    fn runs_summary_is_one_line_and_samples_long_runs() {
         let s = quick_schedule(ProfilePreset::Balanced, 1000).unwrap();
-        let line = s.format_timeline();
+        let line = s.format_runs();
         assert!(!line.contains('\n'));
         assert!(line.starts_with(&format!(
             "[{}{}{}]",

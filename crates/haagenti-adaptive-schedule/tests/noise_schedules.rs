@@ -74,12 +74,12 @@ fn a_given_noise_schedule_drives_the_preset_and_any_profile_records_sigmas() {
             .iter()
             .all(|st| st.sigma == Some(sigmas[st.step as usize]))
     );
-    assert!(s.format_timeline().contains("\nsigma: 80@0 | "));
+    assert!(s.format_runs().contains("\nsigma: 80@0 | "));
 
     // Without a noise schedule a fraction preset has no sigmas.
     let plain = quick_schedule(ProfilePreset::Balanced, 20).unwrap();
     assert!(plain.steps.iter().all(|st| st.sigma.is_none()));
-    assert!(!plain.format_timeline().contains('\n'));
+    assert!(!plain.format_runs().contains('\n'));
 }
 
 #[test]

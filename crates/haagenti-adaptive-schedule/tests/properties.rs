@@ -58,8 +58,9 @@ fn asked(config: &ScheduleConfig, n: u32) -> Vec<Precision> {
             (0..n)
                 .map(|i| {
                     profile
-                        .precision_at(i as f32 / n as f32)
+                        .zone_at(i as f32 / n as f32)
                         .expect("a valid profile covers [0, 1)")
+                        .precision
                 })
                 .collect()
         }
@@ -97,7 +98,7 @@ fn check(schedule: &PrecisionSchedule, asked: &[Precision], caps: &PrecisionCapa
     }
     assert_eq!(schedule.transitions, changes);
     let dist = schedule.precision_distribution();
-    assert_eq!(dist.iter().map(|d| d.1).sum::<u32>(), n);
+    assert_eq!(dist.iter().map(|d| d.1).sum::<usize>(), n as usize);
     assert!((dist.iter().map(|d| d.2).sum::<f32>() - 1.0).abs() < 1e-4);
     assert!(dist.windows(2).all(|w| w[0].0 < w[1].0));
     // Total FP32 time over total scheduled time.
@@ -200,7 +201,7 @@ proptest! {
 /// Not a sample: every preset, every step count 1..=1000, every preset capability.
 #[test]
 fn every_preset_and_step_count_up_to_1000() {
-    for preset in ProfilePreset::all() {
+    for &preset in ProfilePreset::all() {
         for caps in [
             PrecisionCapabilities::modern_gpu(8192),
             PrecisionCapabilities::legacy_gpu(8192),

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use crate::PrecisionTransition;
 
 /// The minimum number of steps between two precision changes that [`TransitionPlanner::new`]
-/// keeps.
-pub const DEFAULT_MIN_GAP: u32 = 2;
+/// keeps: 3, as in the seed crate.
+pub const DEFAULT_MIN_GAP: u32 = 3;
 
 /// Plans the transitions of a schedule: where each change happens, how it blends, which weight
 /// copies must be resident, and whether they fit in memory.
@@ -152,6 +152,18 @@ impl TransitionPlanner {
         transitions_for(&runs, self.strategy.unwrap_or_default(), total)
     }
 
+    /// Makes blends that do not fit in memory immediate switches, as the seed crate's method of
+    /// this name does, but by the model size set with [`TransitionPlanner::with_model_params`]
+    /// rather than fixed ratio thresholds: a blend whose two copies of the weights exceed
+    /// [`TransitionPlanner::vram_mb`] becomes an immediate switch at its start. Without a model
+    /// size nothing can be judged and nothing changes. [`TransitionPlanner::fit_to_vram`] also
+    /// reports a precision that does not fit even alone, and how many blends it changed.
+    pub fn optimize_for_vram(&self, transitions: &mut [PrecisionTransition]) {
+        if let Some(params) = self.model_params {
+            self.drop_blends_over(params, transitions);
+        }
+    }
+
     /// Makes `transitions` fit the memory available for the model size set with
     /// [`TransitionPlanner::with_model_params`]: a blend whose two copies do not fit becomes an
     /// immediate switch. Returns how many blends were changed.
@@ -162,7 +174,7 @@ impl TransitionPlanner {
     ///   fit (nothing is changed then);
     /// * [`AdaptiveError::ScheduleError`] when no model size is set: without one nothing can be
     ///   checked.
-    pub fn optimize_for_vram(&self, transitions: &mut [PrecisionTransition]) -> Result<usize> {
+    pub fn fit_to_vram(&self, transitions: &mut [PrecisionTransition]) -> Result<usize> {
         let params = self.model_params.ok_or_else(|| {
             AdaptiveError::ScheduleError(
                 "the model size is unknown: set it with with_model_params".into(),
@@ -171,6 +183,12 @@ impl TransitionPlanner {
         for t in transitions.iter() {
             self.check_fits(params, t.to)?;
         }
+        Ok(self.drop_blends_over(params, transitions))
+    }
+
+    /// Turns every blend of `transitions` whose two copies of `params` weights exceed the memory
+    /// into an immediate switch; returns how many changed.
+    fn drop_blends_over(&self, params: u64, transitions: &mut [PrecisionTransition]) -> usize {
         let mut changed = 0;
         for t in transitions.iter_mut() {
             if t.is_blend() && t.peak_mb(params) > self.vram_mb {
@@ -178,7 +196,7 @@ impl TransitionPlanner {
                 changed += 1;
             }
         }
-        Ok(changed)
+        changed
     }
 
     fn check_fits(&self, params: u64, precision: Precision) -> Result<()> {
@@ -194,7 +212,7 @@ impl TransitionPlanner {
 
     /// Plans `schedule`: merges runs shorter than the minimum gap (never lowering a step's
     /// precision), blends each change with the planner's strategy (or the schedule's when none is
-    /// set), and, with a model size, applies [`TransitionPlanner::optimize_for_vram`].
+    /// set), and, with a model size, applies [`TransitionPlanner::fit_to_vram`].
     ///
     /// The plan's schedule is the input with those changes applied (its blend factors and
     /// estimates recomputed); the plan and its schedule agree step for step.
@@ -235,7 +253,7 @@ impl TransitionPlanner {
             if let Some(first) = runs.first() {
                 self.check_fits(params, first.precision)?;
             }
-            vram_fallbacks = self.optimize_for_vram(&mut transitions)?;
+            vram_fallbacks = self.fit_to_vram(&mut transitions)?;
         }
 
         let mut merged = schedule.clone();
@@ -379,13 +397,13 @@ pub struct TransitionPlan {
 impl TransitionPlan {
     /// The precision `step` runs at (the target precision while blending), `None` past the end.
     pub fn precision_at(&self, step: u32) -> Option<Precision> {
-        self.schedule.precision_at(step)
+        self.schedule.get(step).map(|s| s.precision)
     }
 
     /// The share of the new precision in `step`'s output while it blends, `None` when only one
     /// precision runs (or past the end).
     pub fn blend_at(&self, step: u32) -> Option<f32> {
-        self.schedule.step_info(step).and_then(|s| s.blend_factor)
+        self.schedule.get(step).and_then(|s| s.blend_factor)
     }
 
     /// The transition touching `step` (its blend window, or its switch step).
@@ -481,16 +499,20 @@ mod tests {
             (INT8, FP16, 10, 14)
         );
         assert!(ts.iter().all(|t| t.validate().is_ok()));
-        // With the default gap of 2 the zones still stand; with 3 the INT8 zone joins FP16.
+        // With a gap of 2 the zones still stand; with the default of 3 the INT8 zone joins FP16.
         assert_eq!(
             TransitionPlanner::new(1)
+                .with_min_gap(2)
                 .plan_transitions(&[(0, 8, INT4), (8, 10, INT8), (10, 30, FP16)])
                 .len(),
             2
         );
-        let merged = TransitionPlanner::new(1)
-            .with_min_gap(3)
-            .plan_transitions(&[(0, 8, INT4), (8, 10, INT8), (10, 30, FP16)]);
+        assert_eq!(TransitionPlanner::new(1).min_gap(), 3);
+        let merged = TransitionPlanner::new(1).plan_transitions(&[
+            (0, 8, INT4),
+            (8, 10, INT8),
+            (10, 30, FP16),
+        ]);
         assert_eq!(merged, vec![PrecisionTransition::immediate(INT4, FP16, 8)]);
         assert!(TransitionPlanner::new(1).plan_transitions(&[]).is_empty());
         assert!(
@@ -508,13 +530,16 @@ mod tests {
             PrecisionTransition::gradual(INT8, FP16, 10, 2),
         ];
         let planner = TransitionPlanner::new(2500).with_model_params(params);
-        assert_eq!(planner.optimize_for_vram(&mut ts), Ok(1));
+        let mut seed_form = ts.clone();
+        assert_eq!(planner.fit_to_vram(&mut ts), Ok(1));
         assert!(ts[0].is_blend() && !ts[1].is_blend());
+        planner.optimize_for_vram(&mut seed_form);
+        assert_eq!(seed_form, ts, "both methods change the same blends");
         let mut ts2 = ts.clone();
         assert_eq!(
             TransitionPlanner::new(1500)
                 .with_model_params(params)
-                .optimize_for_vram(&mut ts2),
+                .fit_to_vram(&mut ts2),
             Err(AdaptiveError::VramConstraint {
                 required_mb: 1908,
                 available_mb: 1500
@@ -522,9 +547,12 @@ mod tests {
         );
         assert_eq!(ts2, ts, "nothing changes on error");
         assert!(matches!(
-            TransitionPlanner::new(1500).optimize_for_vram(&mut ts2),
+            TransitionPlanner::new(1500).fit_to_vram(&mut ts2),
             Err(AdaptiveError::ScheduleError(_))
         ));
+        // Without a model size the seed's method has nothing to judge by and changes nothing.
+        TransitionPlanner::new(1).optimize_for_vram(&mut ts2);
+        assert_eq!(ts2, ts);
     }
 
     #[test]

@@ -5,28 +5,45 @@ use serde::{Deserialize, Serialize};
 
 /// A change from one precision to another, with the blend window that smooths it.
 ///
-/// The window is the steps `[start_step, end_step)`: at its `k`-th step the output is
-/// `(1 - f) * from + f * to` with `f = blend_factors[k]`, rising from near 0 towards 1 (each step
-/// its own factor, from [`TransitionStrategy::blend_factor`]); from `end_step` on, `to` runs
-/// alone. An immediate transition has an empty window (`start_step == end_step`, no factors):
-/// `to` runs alone from `start_step`.
+/// `blend_factors[k]` is the share of `to` in the output of step `start_step + k` (the output is
+/// `(1 - f) * from + f * to`); the transition touches exactly those steps (at least
+/// `start_step`), and after them `to` runs alone. Two shapes exist:
+///
+/// * the seed crate's, from [`PrecisionTransition::gradual`]: `end_step = start_step + duration`
+///   and `duration + 1` factors from 0.0 at `start_step` to 1.0 at `end_step`, both ends included;
+/// * the planner's, from [`PrecisionTransition::with_window`]: the window `[start_step, end_step)`
+///   with one factor a step strictly inside `(0, 1)`, so every step of the window blends and
+///   `to` runs alone from `end_step`.
+///
+/// An immediate transition has `start_step == end_step` and blends nothing: `to` runs alone from
+/// `start_step`, where [`PrecisionTransition::blend_at`] is 1.
 ///
 /// # Examples
 ///
 /// ```
-/// use haagenti_adaptive_core::Precision;
+/// use haagenti_adaptive_core::{Precision, TransitionStrategy};
 /// use haagenti_adaptive_transition::PrecisionTransition;
 ///
-/// let t = PrecisionTransition::gradual(Precision::INT4, Precision::INT8, 10, 3);
+/// // The seed's form: 0 at the start, 1 at the end.
+/// let t = PrecisionTransition::gradual(Precision::INT8, Precision::FP16, 10, 4);
 /// t.validate()?;
-/// assert_eq!(t.blend_at(9), None);
-/// assert_eq!(t.blend_at(10), Some(0.25));
-/// assert_eq!(t.blend_at(12), Some(0.75));
-/// assert_eq!(t.blend_at(13), None);
-/// assert_eq!(t.effective_precision(10), Precision::INT4);
-/// assert_eq!(t.effective_precision(11), Precision::INT8);
+/// assert_eq!((t.start_step, t.end_step), (10, 14));
+/// assert_eq!(t.blend_at(10), Some(0.0));
+/// assert_eq!(t.blend_at(12), Some(0.5));
+/// assert_eq!(t.blend_at(14), Some(1.0));
+/// assert_eq!(t.blend_at(15), None);
+///
+/// // The planner's form: every step of the window blends.
+/// let w = PrecisionTransition::with_window(
+///     Precision::INT4, Precision::INT8, 10, TransitionStrategy::Gradual { steps: 3 }, 3,
+/// );
+/// assert_eq!(w.blend_at(10), Some(0.25));
+/// assert_eq!(w.blend_at(12), Some(0.75));
+/// assert_eq!(w.blend_at(13), None);
+/// assert_eq!(w.effective_precision(10), Precision::INT4);
+/// assert_eq!(w.effective_precision(11), Precision::INT8);
 /// // Both copies are resident while blending.
-/// assert_eq!(t.peak_vram_ratio(), (4.5 + 8.5) / 32.0);
+/// assert_eq!(w.peak_vram_ratio(), (4.5 + 8.5) / 32.0);
 /// # Ok::<(), haagenti_adaptive_core::AdaptiveError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -38,11 +55,12 @@ pub struct PrecisionTransition {
     pub to: Precision,
     /// The first step of the blend window (the switch step of an immediate transition).
     pub start_step: u32,
-    /// The first step after the blend window, where `to` runs alone.
+    /// Where the blend ends: its last step in the seed's form (factor 1.0), the first step after
+    /// the window in the planner's.
     pub end_step: u32,
     /// How the change is carried out.
     pub strategy: TransitionStrategy,
-    /// The share of `to` at each step of the window, rising, each in `[0, 1]`.
+    /// The share of `to` at each step from `start_step` on, rising, each in `[0, 1]`.
     pub blend_factors: Vec<f32>,
 }
 
@@ -88,17 +106,24 @@ impl PrecisionTransition {
         }
     }
 
-    /// A linear blend over `duration` steps (at least 1) from `start`: factors
-    /// `1/(d+1), 2/(d+1), …, d/(d+1)`.
-    pub fn gradual(from: Precision, to: Precision, start: u32, duration: u32) -> Self {
-        let steps = duration.max(1);
-        Self::with_window(
+    /// The seed crate's linear blend from `start_step` over `duration` steps: `end_step` is
+    /// `start_step + duration` and the `duration + 1` factors `0, 1/d, 2/d, …, 1` run from all
+    /// `from` at `start_step` to all `to` at `end_step`. A duration of 0 gives
+    /// [`PrecisionTransition::immediate`] (the seed divides by zero there); the duration is cut
+    /// where `end_step` would pass `u32::MAX`.
+    pub fn gradual(from: Precision, to: Precision, start_step: u32, duration: u32) -> Self {
+        let duration = duration.min(u32::MAX - start_step);
+        if duration == 0 {
+            return Self::immediate(from, to, start_step);
+        }
+        PrecisionTransition {
             from,
             to,
-            start,
-            TransitionStrategy::Gradual { steps },
-            steps,
-        )
+            start_step,
+            end_step: start_step + duration,
+            strategy: TransitionStrategy::Gradual { steps: duration },
+            blend_factors: (0..=duration).map(|i| i as f32 / duration as f32).collect(),
+        }
     }
 
     /// A transition at `start` blended by `strategy` over `window` steps, the factors from
@@ -128,35 +153,30 @@ impl PrecisionTransition {
         }
     }
 
-    /// Whether the transition blends (has a non-empty window).
+    /// Whether the transition blends: some step runs both precisions (a factor below 1).
     pub fn is_blend(&self) -> bool {
-        !self.blend_factors.is_empty()
+        self.blend_factors.iter().any(|&f| f < 1.0)
     }
 
-    /// Whether `step` is touched by the transition: inside its blend window, or the switch step
-    /// of an immediate transition.
+    /// Whether `step` is touched by the transition: a step with a blend factor, or the switch
+    /// step of an immediate transition.
     pub fn contains_step(&self, step: u32) -> bool {
-        if self.is_blend() {
-            (self.start_step..self.end_step).contains(&step)
-        } else {
-            step == self.start_step
-        }
+        let touched = self.blend_factors.len().max(1) as u64;
+        step >= self.start_step && u64::from(step - self.start_step) < touched
     }
 
-    /// The share of `to` at `step` (0 = all `from`, 1 = all `to`): the window's factor inside it,
-    /// 1 at the switch step of an immediate transition, `None` for steps the transition does not
-    /// touch.
+    /// The share of `to` at `step` (0 = all `from`, 1 = all `to`): the step's factor, 1 at the
+    /// switch step of an immediate transition, `None` for steps the transition does not touch.
     pub fn blend_at(&self, step: u32) -> Option<f32> {
         if !self.contains_step(step) {
             return None;
         }
-        if self.is_blend() {
+        Some(
             self.blend_factors
                 .get((step - self.start_step) as usize)
                 .copied()
-        } else {
-            Some(1.0)
-        }
+                .unwrap_or(1.0),
+        )
     }
 
     /// The precision that dominates `step`'s output: `from` before the transition, `to` after it,
@@ -176,8 +196,9 @@ impl PrecisionTransition {
     /// # Errors
     ///
     /// [`AdaptiveError::InvalidTransition`] when `from == to`, the window ends before it starts,
-    /// an immediate transition has a window, the number of factors differs from the window's
-    /// length, or a factor is not a number in `[0, 1]` or does not rise.
+    /// an immediate transition has a window or a factor other than 1, the number of factors is
+    /// neither the window's length (the planner's form) nor one more (the seed's form), or a
+    /// factor is not a number in `[0, 1]` or does not rise.
     pub fn validate(&self) -> Result<()> {
         let invalid = |reason: String| {
             Err(AdaptiveError::InvalidTransition {
@@ -195,16 +216,21 @@ impl PrecisionTransition {
                 self.end_step, self.start_step
             ));
         }
-        let window = self.end_step - self.start_step;
-        if self.strategy == TransitionStrategy::Immediate && window != 0 {
-            return invalid(format!(
-                "an immediate transition has a window of {window} steps"
-            ));
+        let window = (self.end_step - self.start_step) as usize;
+        if self.strategy == TransitionStrategy::Immediate {
+            if window != 0 {
+                return invalid(format!(
+                    "an immediate transition has a window of {window} steps"
+                ));
+            }
+            if self.blend_factors.iter().any(|&f| f != 1.0) {
+                return invalid("an immediate transition blends".into());
+            }
         }
-        if self.blend_factors.len() != window as usize {
+        let factors = self.blend_factors.len();
+        if factors != window && factors != window + 1 {
             return invalid(format!(
-                "{} blend factors for a window of {window} steps",
-                self.blend_factors.len()
+                "{factors} blend factors for a window of {window} steps"
             ));
         }
         for (k, &f) in self.blend_factors.iter().enumerate() {
@@ -272,8 +298,12 @@ mod tests {
         t.end_step = 2;
         assert!(reason(&t).contains("before it starts"));
         let mut t = good.clone();
-        t.blend_factors.pop();
+        t.blend_factors.truncate(3);
         assert!(reason(&t).contains("3 blend factors"));
+        // The planner's form of the same window (4 factors) is valid too.
+        let mut t = good.clone();
+        t.blend_factors.pop();
+        t.validate().unwrap();
         let mut t = good.clone();
         t.blend_factors[1] = f32::NAN;
         assert!(reason(&t).contains("not a number"));
@@ -286,6 +316,13 @@ mod tests {
         let mut t = PrecisionTransition::immediate(Precision::INT4, Precision::FP16, 3);
         t.end_step = 5;
         assert!(reason(&t).contains("immediate"));
+        // The seed's immediate transition carries one factor, 1.0; any other factor blends.
+        let mut t = PrecisionTransition::immediate(Precision::INT4, Precision::FP16, 3);
+        t.blend_factors = vec![1.0];
+        t.validate().unwrap();
+        assert!(!t.is_blend());
+        t.blend_factors = vec![0.5];
+        assert!(reason(&t).contains("blends"));
     }
 
     #[test]
@@ -319,6 +356,25 @@ mod tests {
             PrecisionTransition::gradual(Precision::INT4, Precision::INT8, u32::MAX - 1, 5);
         near_end.validate().unwrap();
         assert_eq!(near_end.end_step, u32::MAX);
+        assert_eq!(near_end.blend_at(u32::MAX), Some(1.0));
+        let zero = PrecisionTransition::gradual(Precision::INT4, Precision::INT8, 4, 0);
+        assert_eq!(
+            zero,
+            PrecisionTransition::immediate(Precision::INT4, Precision::INT8, 4)
+        );
+    }
+
+    #[test]
+    fn gradual_is_the_seed_form() {
+        let t = PrecisionTransition::gradual(Precision::INT4, Precision::FP16, 10, 4);
+        t.validate().unwrap();
+        assert_eq!(t.blend_factors, vec![0.0, 0.25, 0.5, 0.75, 1.0]);
+        assert_eq!(t.strategy, TransitionStrategy::Gradual { steps: 4 });
+        assert!(t.is_blend());
+        assert!(!t.contains_step(9) && t.contains_step(14) && !t.contains_step(15));
+        let effective: Vec<_> = (9..=15).map(|s| t.effective_precision(s)).collect();
+        use Precision::{FP16, INT4};
+        assert_eq!(effective, vec![INT4, INT4, INT4, FP16, FP16, FP16, FP16]);
     }
 
     #[test]

@@ -30,7 +30,7 @@
 //!
 //! let schedule = quick_schedule(ProfilePreset::Balanced, 30)?;
 //! assert_eq!(schedule.steps.len(), 30);
-//! assert_eq!(schedule.precision_at(0), Some(Precision::INT4));
+//! assert_eq!(schedule.precision_at(0), Ok(Precision::INT4));
 //!
 //! let config = ScheduleConfig::with_preset(ProfilePreset::Quality)
 //!     .steps(50)
