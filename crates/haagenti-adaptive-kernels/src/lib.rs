@@ -65,6 +65,7 @@ pub mod dispatch;
 pub mod error;
 pub mod format;
 pub mod gguf;
+pub mod io;
 pub mod metrics;
 pub mod quantize;
 pub mod scalar;
