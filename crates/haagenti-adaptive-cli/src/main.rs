@@ -10,6 +10,7 @@ mod probe;
 mod quantize;
 mod report;
 mod run;
+mod signals;
 
 /// Adaptive precision for diffusion-model inference.
 #[derive(Parser)]

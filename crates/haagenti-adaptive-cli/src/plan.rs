@@ -2,7 +2,7 @@
 //! error-budget solver from a measured error table), plan its transitions, and print both.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use haagenti_adaptive::core::{PrecisionCapabilities, TransitionStrategy};
@@ -28,7 +28,8 @@ pub(crate) struct PlanArgs {
     /// (karras:sigma_min=0.002,sigma_max=80,rho=7), which the output records.
     #[arg(long, default_value = "balanced")]
     preset: String,
-    /// A custom profile (JSON, as `PrecisionProfile` serialises) replacing the preset.
+    /// A custom profile (JSON, as `PrecisionProfile` serialises) replacing the preset. Profile,
+    /// noise-profile and error-table files are regular files of at most 16 MiB.
     #[arg(long, value_name = "FILE.json")]
     profile: Option<PathBuf>,
     /// A custom noise-level profile (JSON, as `NoiseProfile` serialises: name, zones with
@@ -167,8 +168,12 @@ fn capabilities(name: &str, vram_mb: u64) -> anyhow::Result<PrecisionCapabilitie
     })
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(what: &str, path: &PathBuf) -> anyhow::Result<T> {
-    let text = std::fs::read_to_string(path)
+/// The largest profile, noise-profile or error-table file read: 16 MiB, a thousand times the
+/// largest one a real schedule needs; a FIFO or a device (`/dev/zero`) is refused.
+const JSON_FILE_MAX_BYTES: u64 = 16 << 20;
+
+fn read_json<T: serde::de::DeserializeOwned>(what: &str, path: &Path) -> anyhow::Result<T> {
+    let text = haagenti_adaptive::kernels::io::read_capped_to_string(path, JSON_FILE_MAX_BYTES)
         .with_context(|| format!("reading {what} {}", path.display()))?;
     serde_json::from_str(&text).map_err(|e| {
         // JSON has no NaN or infinities; Python's json module writes them anyway.

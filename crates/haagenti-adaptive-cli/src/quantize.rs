@@ -1,12 +1,13 @@
 //! `haagenti-adaptive quantize`: a safetensors checkpoint in, a GGUF v3 file and a per-tensor error
 //! report out.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 use haagenti_adaptive::kernels::Format;
 use haagenti_adaptive::kernels::checkpoint::{
-    CheckpointReport, Fallback, Progress, quantize_checkpoint,
+    CheckpointReport, Fallback, MAX_CHECKPOINT_BYTES, MAX_TENSOR_VALUES, Progress,
+    quantize_checkpoint,
 };
 use haagenti_adaptive::kernels::gguf::GGUF_LLAMA_CPP_MAX_NAME_LEN;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -14,10 +15,21 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// Inputs at least this large get a progress bar (when stderr is a terminal).
 const PROGRESS_MIN_BYTES: u64 = 64 << 20;
 
+/// Names longer than this are shortened in the table (never in the JSON report).
+const TABLE_NAME_MAX: usize = 60;
+
 /// Arguments of `haagenti-adaptive quantize`.
 #[derive(clap::Args)]
+#[command(after_help = format!(
+    "Limits: the checkpoint is a regular file of at most {} GiB with a header of at most 100 MB; \
+     a float tensor holds at most {MAX_TENSOR_VALUES} values. I8/I16/I32/I64/F64 tensors are \
+     carried unchanged; dtypes GGUF has no type for (BOOL, U8, U16, U32, U64, F8...) are skipped \
+     and listed. The output must be new or a regular file that is not the input; it is written \
+     beside the target and renamed into place, and removed on error, Ctrl-C, SIGTERM or SIGHUP.",
+    MAX_CHECKPOINT_BYTES >> 30
+))]
 pub(crate) struct QuantizeArgs {
-    /// The safetensors checkpoint to read (F32, F16 or BF16 tensors).
+    /// The safetensors checkpoint to read (F32, F16 and BF16 tensors are quantized).
     input: PathBuf,
     /// The format to store weights in. Under a block format (q*), rank-1 tensors and rows whose
     /// length is not a multiple of 32 are stored as f16 and listed.
@@ -37,15 +49,9 @@ pub(crate) fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| args.input.with_extension("gguf"));
-    if output == args.input {
-        anyhow::bail!(
-            "the output {} would replace the input; pass --out",
-            output.display()
-        );
-    }
-    let size = std::fs::metadata(&args.input)
-        .with_context(|| format!("cannot read {}", args.input.display()))?
-        .len();
+    crate::signals::remove_temporaries_on_termination()?;
+    // The library checks both paths (identity, file types, sizes) before any work.
+    let size = std::fs::metadata(&args.input).map_or(0, |m| m.len());
     let bar = if size >= PROGRESS_MIN_BYTES {
         let bar = ProgressBar::new(size);
         bar.set_style(
@@ -102,17 +108,47 @@ fn fallback_note(f: Option<Fallback>) -> &'static str {
         Some(Fallback::Vector) => " (rank 1)",
         Some(Fallback::RowLength) => " (row % 32)",
         Some(Fallback::OutOfF16Range) => " (> f16 max)",
+        Some(Fallback::OutOfBlockRange) => " (> scale max)",
+        Some(Fallback::OutOfBf16Range) => " (> bf16 max)",
     }
+}
+
+/// A name as a table shows it: control characters escaped (so that a name cannot move the
+/// cursor or recolour the terminal) and, when longer than `max` characters, its middle replaced
+/// by `...` (layer names differ at both ends).
+fn table_name(name: &str, max: usize) -> String {
+    let escaped: String = name
+        .chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    let n = escaped.chars().count();
+    if n <= max {
+        return escaped;
+    }
+    let keep = max.saturating_sub(3);
+    let head: String = escaped.chars().take(keep / 2).collect();
+    let tail: String = escaped.chars().skip(n - (keep - keep / 2)).collect();
+    format!("{head}...{tail}")
 }
 
 /// The report as a markdown table, then the totals.
 fn table(report: &CheckpointReport) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let name_w = report
+    let names: Vec<String> = report
         .tensors
         .iter()
-        .map(|t| t.name.len())
+        .map(|t| table_name(&t.name, TABLE_NAME_MAX))
+        .collect();
+    let name_w = names
+        .iter()
+        .map(|n| n.chars().count())
         .max()
         .unwrap_or(6)
         .max(6);
@@ -133,13 +169,13 @@ fn table(report: &CheckpointReport) -> String {
         "-".repeat(10),
         "-".repeat(12)
     );
-    for t in &report.tensors {
+    for (t, name) in report.tensors.iter().zip(&names) {
         let shape = format!("{:?}", t.shape);
         let fmt = format!("{}{}", t.format, fallback_note(t.fallback));
         let _ = writeln!(
             s,
             "| {:name_w$} | {:>18} | {:>5} | {:>18} | {:>12} | {:>12} | {:>8} | {:>10.3e} |",
-            t.name,
+            name,
             shape,
             t.dtype,
             fmt,
@@ -147,6 +183,31 @@ fn table(report: &CheckpointReport) -> String {
             t.bytes,
             sqnr(t.stats.sqnr_db),
             t.stats.max_abs
+        );
+    }
+    for t in &report.tensors {
+        if let Some(detail) = &t.fallback_detail {
+            let _ = writeln!(s, "note: {}: {detail}", table_name(&t.name, TABLE_NAME_MAX));
+        }
+    }
+    for t in &report.carried {
+        let _ = writeln!(
+            s,
+            "carried unchanged: {} {:?} {} as {}",
+            table_name(&t.name, TABLE_NAME_MAX),
+            t.shape,
+            t.dtype,
+            t.ggml_type
+        );
+    }
+    for t in &report.skipped {
+        let _ = writeln!(
+            s,
+            "skipped: {} {:?} {}: {}",
+            table_name(&t.name, TABLE_NAME_MAX),
+            t.shape,
+            t.dtype,
+            t.reason
         );
     }
     let ratio = if report.total_bytes == 0 {
@@ -168,11 +229,24 @@ fn table(report: &CheckpointReport) -> String {
         mib(report.file_bytes),
         sqnr(report.min_sqnr_db),
         report.max_abs,
-        display(&report.output),
+        table_name(&report.output.display().to_string(), usize::MAX),
     );
     s
 }
 
-fn display(p: &Path) -> String {
-    p.display().to_string()
+#[cfg(test)]
+mod tests {
+    use super::table_name;
+
+    #[test]
+    fn table_names_escape_control_characters_and_shorten_long_names() {
+        assert_eq!(table_name("blk.0.weight", 60), "blk.0.weight");
+        assert_eq!(table_name("a\u{1b}[31mb\n", 60), "a\\u{1b}[31mb\\n");
+        let long = format!("{}{}", "x".repeat(65_530), "end.w");
+        let short = table_name(&long, 60);
+        assert_eq!(short.chars().count(), 60);
+        assert!(short.starts_with("xxx") && short.ends_with("end.w") && short.contains("..."));
+        // Multi-byte characters are cut at character boundaries.
+        assert_eq!(table_name(&"é".repeat(100), 10).chars().count(), 10);
+    }
 }

@@ -43,8 +43,8 @@ pub enum KernelError {
     OutOfRange {
         /// The format asked for.
         format: Format,
-        /// Row-major index of the first value concerned (the first value of the block for block
-        /// formats).
+        /// Row-major index of the first value concerned (for block formats, the value of largest
+        /// magnitude in the first block concerned).
         index: usize,
         /// The value found there (for block formats, the block's value of largest magnitude).
         value: f32,

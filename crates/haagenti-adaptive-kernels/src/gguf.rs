@@ -127,6 +127,9 @@ pub enum GgufError {
     /// The kernels rejected a tensor's shape or bytes.
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    /// The output path was refused, or creating, syncing or renaming it failed.
+    #[error(transparent)]
+    File(#[from] crate::io::IoError),
 }
 
 /// The result type of this module.
@@ -269,6 +272,82 @@ fn tensor_byte_len(name: &str, shape: &[usize], format: Format) -> Result<u64> {
         .ok_or_else(|| invalid("the byte size overflows".into()))
 }
 
+/// GGUF tensor types that hold values unchanged: integer buffers and f64, which checkpoints carry
+/// beside their weights (position ids, step counters) and which this crate never quantizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PlainType {
+    /// GGML type 24.
+    I8,
+    /// GGML type 25.
+    I16,
+    /// GGML type 26.
+    I32,
+    /// GGML type 27.
+    I64,
+    /// GGML type 28.
+    F64,
+}
+
+impl PlainType {
+    /// Every plain type.
+    pub const ALL: [PlainType; 5] = [Self::I8, Self::I16, Self::I32, Self::I64, Self::F64];
+
+    /// The GGML type id.
+    pub const fn ggml_type(self) -> u32 {
+        match self {
+            Self::I8 => 24,
+            Self::I16 => 25,
+            Self::I32 => 26,
+            Self::I64 => 27,
+            Self::F64 => 28,
+        }
+    }
+
+    /// The plain type of a GGML type id, if it is one.
+    pub fn from_ggml_type(id: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.ggml_type() == id)
+    }
+
+    /// Bytes a value takes.
+    pub const fn value_bytes(self) -> usize {
+        match self {
+            Self::I8 => 1,
+            Self::I16 => 2,
+            Self::I32 => 4,
+            Self::I64 | Self::F64 => 8,
+        }
+    }
+
+    /// The lowercase GGML name (`"i64"`, `"f64"`, ...).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::I8 => "i8",
+            Self::I16 => "i16",
+            Self::I32 => "i32",
+            Self::I64 => "i64",
+            Self::F64 => "f64",
+        }
+    }
+}
+
+/// Bytes a tensor of a GGML type occupies, when this crate knows the type.
+fn typed_byte_len(name: &str, shape: &[usize], ggml_type: u32) -> Option<Result<u64>> {
+    if let Some(format) = Format::from_ggml_type(ggml_type) {
+        return Some(tensor_byte_len(name, shape, format));
+    }
+    let plain = PlainType::from_ggml_type(ggml_type)?;
+    Some(
+        shape
+            .iter()
+            .try_fold(plain.value_bytes(), |acc, &d| acc.checked_mul(d))
+            .map(|b| b as u64)
+            .ok_or_else(|| GgufError::InvalidTensor {
+                name: name.to_owned(),
+                reason: "the byte size overflows".into(),
+            }),
+    )
+}
+
 /// A tensor declared on a [`GgufBuilder`]: where its bytes go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeclaredTensor {
@@ -276,8 +355,10 @@ pub struct DeclaredTensor {
     pub name: String,
     /// Row-major shape (the last dimension is the row length).
     pub shape: Vec<usize>,
-    /// Storage format.
-    pub format: Format,
+    /// Storage format; `None` for a [`PlainType`] tensor.
+    pub format: Option<Format>,
+    /// GGML type id.
+    pub ggml_type: u32,
     /// Offset from the start of the data section, a multiple of the alignment.
     pub offset: u64,
     /// Byte length of the tensor's data (without padding).
@@ -344,6 +425,30 @@ impl GgufBuilder {
         shape: &[usize],
         format: Format,
     ) -> Result<&DeclaredTensor> {
+        self.declare(name, shape, Some(format), format.ggml_type())
+    }
+
+    /// Declares the next tensor as a [`PlainType`]: its bytes are written unchanged.
+    ///
+    /// # Errors
+    ///
+    /// As [`add_tensor`](Self::add_tensor), except that any row length is accepted.
+    pub fn add_plain_tensor(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        ty: PlainType,
+    ) -> Result<&DeclaredTensor> {
+        self.declare(name, shape, None, ty.ggml_type())
+    }
+
+    fn declare(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        format: Option<Format>,
+        ggml_type: u32,
+    ) -> Result<&DeclaredTensor> {
         let invalid = |reason: String| GgufError::InvalidTensor {
             name: name.to_owned(),
             reason,
@@ -360,7 +465,21 @@ impl GgufBuilder {
                 shape.len()
             )));
         }
-        let byte_len = tensor_byte_len(name, shape, format)?;
+        // ggml and gguf-py hold dimensions and element counts as int64: larger ones would write a
+        // file they refuse.
+        let too_large = shape.iter().any(|&d| d as u64 > i64::MAX as u64)
+            || shape
+                .iter()
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+                .is_none_or(|n| n > i64::MAX as u64);
+        if too_large {
+            return Err(invalid(format!(
+                "shape {shape:?} has more than 2^63 - 1 values in a dimension or in all, \
+                 which gguf readers refuse"
+            )));
+        }
+        let byte_len = typed_byte_len(name, shape, ggml_type)
+            .expect("declare is called with known types only")?;
         let offset = self.next_offset;
         self.next_offset = offset
             .checked_add(byte_len)
@@ -371,6 +490,7 @@ impl GgufBuilder {
             name: name.to_owned(),
             shape: shape.to_vec(),
             format,
+            ggml_type,
             offset,
             byte_len,
         });
@@ -404,7 +524,7 @@ impl GgufBuilder {
             for &dim in tensor.shape.iter().rev() {
                 out.extend_from_slice(&(dim as u64).to_le_bytes());
             }
-            out.extend_from_slice(&tensor.format.ggml_type().to_le_bytes());
+            out.extend_from_slice(&tensor.ggml_type.to_le_bytes());
             out.extend_from_slice(&tensor.offset.to_le_bytes());
         }
         let padded = align_up(out.len() as u64, u64::from(GGUF_DEFAULT_ALIGNMENT));
@@ -422,10 +542,6 @@ impl GgufBuilder {
     /// [`GgufError::InvalidMetadata`] as [`header_bytes`](Self::header_bytes).
     pub fn create(self, path: &Path) -> Result<GgufFileWriter> {
         let header = self.header_bytes()?;
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
         let io_err = |action: &'static str, path: &Path| {
             let path = path.to_path_buf();
             move |source| GgufError::Io {
@@ -434,18 +550,15 @@ impl GgufBuilder {
                 source,
             }
         };
-        let temp = tempfile::Builder::new()
-            .prefix(".haagenti-")
-            .suffix(".gguf.partial")
-            .tempfile_in(dir)
-            .map_err(io_err("cannot create a temporary file in", dir))?;
+        let target = crate::io::check_output(path, &[])?;
+        let mut temp = crate::io::AtomicFile::create(&target)?;
         let file = temp
-            .as_file()
+            .file()
             .try_clone()
-            .map_err(io_err("cannot open", temp.path()))?;
+            .map_err(io_err("cannot open", temp.temp_path()))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&header)
-            .map_err(io_err("cannot write", temp.path()))?;
+            .map_err(io_err("cannot write", temp.temp_path()))?;
         Ok(GgufFileWriter {
             target: path.to_path_buf(),
             temp: Some(temp),
@@ -463,7 +576,7 @@ impl GgufBuilder {
 #[derive(Debug)]
 pub struct GgufFileWriter {
     target: PathBuf,
-    temp: Option<tempfile::NamedTempFile>,
+    temp: Option<crate::io::AtomicFile>,
     out: BufWriter<File>,
     tensors: Vec<DeclaredTensor>,
     current: usize,
@@ -479,7 +592,7 @@ impl GgufFileWriter {
     fn temp_path(&self) -> PathBuf {
         self.temp
             .as_ref()
-            .map_or_else(|| self.target.clone(), |t| t.path().to_path_buf())
+            .map_or_else(|| self.target.clone(), |t| t.temp_path().to_path_buf())
     }
 
     fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
@@ -506,10 +619,10 @@ impl GgufFileWriter {
         };
         let elements: usize = decl.shape.iter().product();
         let cols = *decl.shape.last().unwrap_or(&0);
-        let mismatch = if tensor.format() != decl.format {
+        let mismatch = if decl.format != Some(tensor.format()) {
             Some(format!(
-                "declared as {}, given {}",
-                decl.format.name(),
+                "declared as ggml type {}, given {}",
+                decl.ggml_type,
                 tensor.format().name()
             ))
         } else if tensor.rows() * tensor.cols() != elements
@@ -635,19 +748,11 @@ impl GgufFileWriter {
         self.out
             .flush()
             .map_err(io_err("cannot write", temp_path.clone()))?;
-        self.out
-            .get_ref()
-            .sync_all()
-            .map_err(io_err("cannot sync", temp_path.clone()))?;
         let temp = self
             .temp
             .take()
             .expect("the temporary file lives until finish");
-        temp.persist(&self.target).map_err(|e| GgufError::Io {
-            action: "cannot rename the temporary file to",
-            path: self.target.clone(),
-            source: e.error,
-        })?;
+        temp.commit()?;
         Ok(())
     }
 }
@@ -884,7 +989,7 @@ impl GgufFile {
         };
         // Every tensor of a known type must lie within the file.
         for info in &file.tensors {
-            if info.format().is_some() {
+            if info.format().is_some() || PlainType::from_ggml_type(info.ggml_type).is_some() {
                 file.tensor_bytes(&info.name)?;
             }
         }
@@ -937,20 +1042,21 @@ impl GgufFile {
         let info = self
             .tensor_info(name)
             .ok_or_else(|| GgufError::TensorNotFound(name.to_owned()))?;
-        let format = info.format().ok_or_else(|| GgufError::UnsupportedType {
-            name: name.to_owned(),
-            ggml_type: info.ggml_type,
-        })?;
         let shape = info
             .ggml_dims
             .iter()
             .rev()
             .map(|&d| usize::try_from(d).map_err(|_| corrupt("dimension overflows")))
             .collect::<Result<Vec<_>>>()?;
-        let len = tensor_byte_len(name, &shape, format).map_err(|e| match e {
-            GgufError::Kernel(k) => corrupt(format!("tensor `{name}`: {k}")),
-            other => corrupt(other.to_string()),
-        })?;
+        let len = typed_byte_len(name, &shape, info.ggml_type)
+            .ok_or_else(|| GgufError::UnsupportedType {
+                name: name.to_owned(),
+                ggml_type: info.ggml_type,
+            })?
+            .map_err(|e| match e {
+                GgufError::Kernel(k) => corrupt(format!("tensor `{name}`: {k}")),
+                other => corrupt(other.to_string()),
+            })?;
         let start = (self.data_offset as u64)
             .checked_add(info.offset)
             .ok_or_else(|| corrupt(format!("tensor `{name}` offset overflows")))?;
@@ -970,7 +1076,10 @@ impl GgufFile {
     pub fn tensor(&self, name: &str) -> Result<QuantizedTensor> {
         let bytes = self.tensor_bytes(name)?;
         let info = self.tensor_info(name).expect("tensor_bytes found it");
-        let format = info.format().expect("tensor_bytes checked the type");
+        let format = info.format().ok_or_else(|| GgufError::UnsupportedType {
+            name: name.to_owned(),
+            ggml_type: info.ggml_type,
+        })?;
         let cols = info.ggml_dims[0] as usize;
         let rows = info.ggml_dims[1..].iter().product::<u64>() as usize;
         Ok(QuantizedTensor::from_bytes(

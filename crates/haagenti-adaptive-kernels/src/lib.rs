@@ -73,6 +73,7 @@ pub mod dispatch;
 pub mod error;
 pub mod format;
 pub mod gguf;
+pub mod io;
 pub mod metrics;
 pub mod quantize;
 pub mod scalar;

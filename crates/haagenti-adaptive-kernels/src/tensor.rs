@@ -331,12 +331,18 @@ fn check_scales(
 ) -> Result<()> {
     for (i, [d, m]) in scales.enumerate() {
         if !d.is_finite() || !m.is_finite() {
+            // Name the value that overflowed the scale: the block's largest in magnitude.
             let block = &values[i * 32..(i + 1) * 32];
-            let value = block
-                .iter()
-                .copied()
-                .fold(0.0f32, |a, v| if v.abs() > a.abs() { v } else { a });
-            return Err(out_of_range(format, i * 32, value));
+            let (offset, value) =
+                block
+                    .iter()
+                    .copied()
+                    .enumerate()
+                    .fold(
+                        (0, 0.0f32),
+                        |(j, a), (k, v)| if v.abs() > a.abs() { (k, v) } else { (j, a) },
+                    );
+            return Err(out_of_range(format, i * 32 + offset, value));
         }
     }
     Ok(())

@@ -266,7 +266,7 @@ fn progress_reports_every_tensor_once_in_order() {
 }
 
 #[test]
-fn unsupported_dtypes_fail_before_writing() {
+fn integer_tensors_are_carried_and_types_without_a_gguf_type_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("ints.safetensors");
     let good: Vec<u8> = weights(64, 1)
@@ -274,6 +274,11 @@ fn unsupported_dtypes_fail_before_writing() {
         .flat_map(|v| v.to_le_bytes())
         .collect();
     let ints: Vec<u8> = (0..4i32).flat_map(|v| v.to_le_bytes()).collect();
+    let doubles: Vec<u8> = [0.5f64, -1.25]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let unsigned = [7u8; 3];
     let views = HashMap::from([
         (
             "a.weight",
@@ -283,16 +288,34 @@ fn unsupported_dtypes_fail_before_writing() {
             "steps",
             TensorView::new(Dtype::I32, vec![4], &ints).unwrap(),
         ),
+        (
+            "scale",
+            TensorView::new(Dtype::F64, vec![2], &doubles).unwrap(),
+        ),
+        (
+            "bytes",
+            TensorView::new(Dtype::U8, vec![3], &unsigned).unwrap(),
+        ),
     ]);
     safetensors::serialize_to_file(views, None, &input).unwrap();
     let output = dir.path().join("ints.gguf");
-    let err = quantize_checkpoint(&input, &output, Format::Q4_0, |_| {}).unwrap_err();
-    assert!(
-        matches!(&err, CheckpointError::UnsupportedDtype { name, dtype } if name == "steps" && dtype == "I32"),
-        "{err:?}"
-    );
-    assert!(err.to_string().contains("`steps`"));
-    assert_eq!(files_in(dir.path()), vec!["ints.safetensors"]);
+    let report = quantize_checkpoint(&input, &output, Format::Q4_0, |_| {}).unwrap();
+    assert_eq!(report.tensors.len(), 1);
+    let carried: Vec<(&str, &str)> = report
+        .carried
+        .iter()
+        .map(|c| (c.name.as_str(), c.ggml_type))
+        .collect();
+    assert_eq!(carried.len(), 2);
+    assert!(carried.contains(&("steps", "i32")) && carried.contains(&("scale", "f64")));
+    assert_eq!(report.skipped.len(), 1);
+    assert_eq!(report.skipped[0].name, "bytes");
+    assert_eq!(report.skipped[0].dtype, "U8");
+    let file = GgufFile::open(&output).unwrap();
+    assert_eq!(file.tensor_bytes("steps").unwrap(), &ints[..]);
+    assert_eq!(file.tensor_bytes("scale").unwrap(), &doubles[..]);
+    assert_eq!(file.tensor_info("scale").unwrap().ggml_type, 28);
+    assert!(file.tensor_info("bytes").is_none());
 }
 
 #[test]
@@ -333,7 +356,7 @@ fn missing_and_corrupt_inputs_are_typed_errors() {
         |_| {},
     )
     .unwrap_err();
-    assert!(matches!(err, CheckpointError::Io { .. }), "{err:?}");
+    assert!(matches!(err, CheckpointError::Path(_)), "{err:?}");
 
     for garbage in [&b""[..], &b"\x05\0\0\0\0\0\0\0{oops"[..], &[0xFFu8; 64][..]] {
         let input = dir.path().join("corrupt.safetensors");
@@ -342,7 +365,9 @@ fn missing_and_corrupt_inputs_are_typed_errors() {
         assert!(
             matches!(
                 err,
-                CheckpointError::Safetensors { .. } | CheckpointError::Io { .. }
+                CheckpointError::Safetensors { .. }
+                    | CheckpointError::HeaderTooLarge { .. }
+                    | CheckpointError::LengthMismatch { .. }
             ),
             "{err:?}"
         );

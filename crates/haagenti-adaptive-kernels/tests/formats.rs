@@ -289,14 +289,15 @@ fn values_out_of_16_bit_range_are_rejected() {
             value: 1.0e6
         }
     );
-    // 1e6 / 127 fits f16's 65504 no more: the Q8_0 scale of block 1 (index 32) overflows.
+    // 1e7 / 127 fits f16's 65504 no more: the Q8_0 scale of block 1 overflows, and the error
+    // names the value that made it overflow (index 40), not the block's first.
     x[40] = -1.0e7;
     let e = QuantizedTensor::quantize(Format::Q8_0, 1, 64, &x).unwrap_err();
     assert_eq!(
         e,
         KernelError::OutOfRange {
             format: Format::Q8_0,
-            index: 32,
+            index: 40,
             value: -1.0e7
         }
     );
@@ -305,7 +306,7 @@ fn values_out_of_16_bit_range_are_rejected() {
     assert!(QuantizedTensor::quantize(Format::Q8_0, 1, 64, &x).is_ok());
     assert!(matches!(
         QuantizedTensor::quantize(Format::Q4_1, 1, 64, &x),
-        Err(KernelError::OutOfRange { index: 32, .. })
+        Err(KernelError::OutOfRange { index: 40, .. })
     ));
     // bf16 and f32 keep f32's range.
     x[40] = 3.0e38;
