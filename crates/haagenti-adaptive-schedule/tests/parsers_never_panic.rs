@@ -44,7 +44,8 @@ proptest! {
             // A parsed schedule has passed validation; its sigmas exist or fail cleanly.
             prop_assert!(schedule.validate().is_ok(), "{spec:?} parsed to an invalid schedule");
             if let Ok(sigmas) = schedule.sigmas(8) {
-                prop_assert_eq!(sigmas.len(), 8);
+                // One level a step, then the final one.
+                prop_assert_eq!(sigmas.len(), 9);
             }
         }
         let _ = spec.parse::<TimestepSpacing>();
