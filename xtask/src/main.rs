@@ -10,6 +10,9 @@
 //! - `cargo xtask fetch-model terrain`: downloads the terrain UNet's wheel with pip, checks the
 //!   ONNX file's sha256 and stores it in the model folder (`HAAGENTI_MODELS`, by default
 //!   `~/.cache/haagenti-adaptive/models`); does nothing when the file is already there.
+//! - `cargo xtask fuzz list` and `cargo xtask fuzz TARGET --seconds N [--jobs J]`: the libFuzzer
+//!   targets of `fuzz/` (needs the nightly toolchain and `cargo install cargo-fuzz`); `fuzz ci`
+//!   runs every target briefly, or says it skipped them when nightly or cargo-fuzz is missing.
 
 mod fetch_model;
 
@@ -24,7 +27,29 @@ const USAGE: &str = "usage:
                             [--shapes MxKxN,...] [--no-throughput]
   cargo xtask bench kernels --conv [--quick] [--threads 2] [--json FILE]
   cargo xtask bench schedule [criterion args]
-  cargo xtask fetch-model terrain";
+  cargo xtask fetch-model terrain
+  cargo xtask fuzz list
+  cargo xtask fuzz TARGET [--seconds N] [--jobs J]
+  cargo xtask fuzz ci [--seconds N]";
+
+/// The fuzz targets of `fuzz/Cargo.toml`, with what each feeds arbitrary bytes to. Still to come
+/// when their readers exist: the ONNX reader and `denoise`'s tensor-file reader.
+const FUZZ_TARGETS: [(&str, &str); 5] = [
+    (
+        "safetensors_quantize",
+        "a safetensors checkpoint through quantize_checkpoint, the GGUF read back",
+    ),
+    ("gguf_read", "GgufFile::parse and every tensor it declares"),
+    (
+        "schedule_json",
+        "profile, noise-profile, schedule-config and error-table JSON; small tables solved",
+    ),
+    (
+        "noise_spec",
+        "the --noise SPEC parser and the sigmas it gives",
+    ),
+    ("gmm_spec", "the --model gmm:k=..,d=.. parser"),
+];
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -46,6 +71,14 @@ fn main() -> anyhow::Result<()> {
             run(cmd)
         }
         ["fetch-model", name] => fetch_model::fetch(name),
+        ["fuzz", "list"] => {
+            for (name, what) in FUZZ_TARGETS {
+                println!("{name:22} {what}");
+            }
+            Ok(())
+        }
+        ["fuzz", "ci", rest @ ..] => fuzz_ci(rest),
+        ["fuzz", target, rest @ ..] => fuzz(target, rest),
         ["help" | "--help" | "-h"] => {
             println!("{USAGE}");
             Ok(())
@@ -82,6 +115,90 @@ fn bench_kernels(rest: &[&str]) -> anyhow::Result<()> {
     }
     cmd.arg("--").args(forwarded);
     run(cmd)
+}
+
+/// `--seconds N` and `--jobs J` of a fuzz task.
+struct FuzzOptions {
+    seconds: u64,
+    jobs: u32,
+}
+
+fn fuzz_options(rest: &[&str], default_seconds: u64) -> anyhow::Result<FuzzOptions> {
+    let mut options = FuzzOptions {
+        seconds: default_seconds,
+        jobs: 1,
+    };
+    let mut it = rest.iter();
+    while let Some(&flag) = it.next() {
+        let value = it
+            .next()
+            .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+        match flag {
+            "--seconds" => {
+                options.seconds = value
+                    .parse()
+                    .with_context(|| format!("--seconds {value:?}"))?;
+            }
+            "--jobs" => {
+                options.jobs = value.parse().with_context(|| format!("--jobs {value:?}"))?;
+            }
+            _ => bail!("unknown fuzz option {flag:?}\n{USAGE}"),
+        }
+    }
+    Ok(options)
+}
+
+/// Whether `cargo +nightly fuzz` can run: the fuzz targets need libFuzzer's instrumentation,
+/// which only nightly has.
+fn fuzz_available() -> bool {
+    let mut cmd = Command::new("cargo");
+    cmd.args(["+nightly", "fuzz", "--version"]);
+    cmd.current_dir(workspace_root().join("fuzz"));
+    cmd.stdout(std::process::Stdio::null());
+    cmd.stderr(std::process::Stdio::null());
+    cmd.status().is_ok_and(|s| s.success())
+}
+
+/// Runs one target for `--seconds` (libFuzzer's `-max_total_time`), its corpus in
+/// `fuzz/corpus/TARGET`; a crash leaves its input in `fuzz/artifacts/TARGET` and fails.
+fn fuzz(target: &str, rest: &[&str]) -> anyhow::Result<()> {
+    if !FUZZ_TARGETS.iter().any(|(name, _)| *name == target) {
+        bail!("unknown fuzz target {target:?} (`cargo xtask fuzz list` names them)");
+    }
+    let options = fuzz_options(rest, 60)?;
+    if !fuzz_available() {
+        bail!(
+            "fuzzing needs the nightly toolchain and cargo-fuzz: rustup toolchain install \
+             nightly && cargo install cargo-fuzz"
+        );
+    }
+    run_fuzz_target(target, &options)
+}
+
+fn run_fuzz_target(target: &str, options: &FuzzOptions) -> anyhow::Result<()> {
+    // Plain `cargo`, not $CARGO: the stable cargo running xtask would ignore `+nightly`.
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(workspace_root().join("fuzz"));
+    cmd.args(["+nightly", "fuzz", "run", "--release", target, "--"]);
+    cmd.arg(format!("-max_total_time={}", options.seconds));
+    if options.jobs > 1 {
+        cmd.arg(format!("-fork={}", options.jobs));
+    }
+    run(cmd)
+}
+
+/// CI's fuzz step: every target for `--seconds` (default 10) when nightly and cargo-fuzz are
+/// installed, otherwise a line saying so and success, since the project builds on stable.
+fn fuzz_ci(rest: &[&str]) -> anyhow::Result<()> {
+    let options = fuzz_options(rest, 10)?;
+    if !fuzz_available() {
+        println!("fuzz: skipped (no nightly)");
+        return Ok(());
+    }
+    for (target, _) in FUZZ_TARGETS {
+        run_fuzz_target(target, &options)?;
+    }
+    Ok(())
 }
 
 fn cargo() -> Command {

@@ -44,7 +44,8 @@ pub(crate) struct PlanArgs {
     /// flux:tokens=T; sigmas:s0,s1,...
     #[arg(long, value_name = "SPEC")]
     noise: Option<String>,
-    /// Number of denoising steps [default: 30; with --error-table, the table's rows].
+    /// Number of denoising steps, at most 100 000 [default: 30; with --error-table, the table's
+    /// rows].
     #[arg(long)]
     steps: Option<String>,
     /// Transition strategy: immediate, gradual:N or step-aware.
@@ -75,7 +76,10 @@ pub(crate) struct PlanArgs {
     /// precision), costs[p] the cost of one step at precisions[p] (e.g. seconds a step), and
     /// the optional sigmas the noise level of each step (strictly decreasing). Every value is
     /// a finite number >= 0. FP32 must be among the precisions: the speedup is FP32 cost over
-    /// scheduled cost. The device's --capabilities limit the candidates.
+    /// scheduled cost. The device's --capabilities limit the candidates. The solver takes at
+    /// most 2^24 steps x resident precisions x min(min-gap, steps) states (1 000 steps of five
+    /// precisions fit with any gap); with a total budget past 2^23 partial schedules
+    /// it keeps the best spread of them, so memory stays linear in the steps.
     #[arg(long, value_name = "FILE.json")]
     error_table: Option<PathBuf>,
     /// The error bound for --error-table: the total error sum_i e[i][p_i] <= X, or with

@@ -42,6 +42,19 @@ pub enum RuntimeError {
     #[error("weights at {0} are not resident")]
     NotResident(Precision),
 
+    /// A size past the limit that keeps a run's memory bounded (see [`crate::RunSize`]).
+    #[error("{what} {value} exceeds the limit of {limit}: {why}")]
+    LimitExceeded {
+        /// Which size.
+        what: &'static str,
+        /// The size asked for.
+        value: u128,
+        /// The largest size accepted.
+        limit: u128,
+        /// What the limit protects.
+        why: &'static str,
+    },
+
     /// Calibration inputs that cannot give a table (no precisions, non-finite budget, ...).
     #[error("calibration error: {0}")]
     Calibration(String),

@@ -55,7 +55,8 @@ impl GmmConfig {
     /// # Errors
     ///
     /// [`RuntimeError::InvalidModel`] for `k == 0`, `d == 0`, sizes over 2^24, or `s` not finite
-    /// and positive.
+    /// and positive; [`RuntimeError::LimitExceeded`] when `k x d` exceeds
+    /// [`MAX_MODEL_VALUES`](crate::MAX_MODEL_VALUES).
     pub fn validate(&self) -> Result<()> {
         const MAX: usize = 1 << 24;
         if self.k == 0 || self.d == 0 || self.k > MAX || self.d > MAX {
@@ -64,6 +65,13 @@ impl GmmConfig {
                 self.k, self.d
             )));
         }
+        // Checked here, before the means (k x d values, once a resident precision) exist.
+        crate::limits::check_limit(
+            "model size k x d",
+            self.k.saturating_mul(self.d),
+            crate::MAX_MODEL_VALUES,
+            "the model keeps k x d means once a resident precision (2^26 values is 256 MiB)",
+        )?;
         if !(self.s.is_finite() && self.s > 0.0) {
             return Err(RuntimeError::InvalidModel(format!(
                 "s must be finite and positive, got {}",

@@ -6,9 +6,10 @@ use serde::{Deserialize, Serialize};
 use crate::noise::{NoiseProfile, NoiseSchedule};
 use crate::{PrecisionProfile, ProfilePreset};
 
-/// The longest schedule generated, in steps; a guard against configurations (read from JSON,
-/// say) that would allocate without bound.
-pub const MAX_STEPS: u32 = 10_000_000;
+/// The longest schedule generated, in steps: 100 000, a hundred times the longest samplers use. A
+/// guard against configurations (`--steps`, or JSON) that would allocate without bound: a
+/// schedule keeps one entry of about 40 bytes a step, and a plan and its JSON copy it.
+pub const MAX_STEPS: u32 = 100_000;
 
 /// Configuration for [`crate::PrecisionSchedule::generate`].
 ///

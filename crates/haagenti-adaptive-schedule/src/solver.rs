@@ -36,6 +36,9 @@
 //!
 //! - Per-step bound: steps' infeasible precisions are removed and each state keeps its single
 //!   best partial assignment: `O(steps * k^2 * min_gap)` per subset. Exact.
+//! - Memory: [`MAX_STATE_STEPS`] bounds the states and [`MAX_PARETO_LABELS`] the partial
+//!   assignments a total-bound solve keeps, so memory is linear in the steps (at most a few
+//!   hundred MiB) and a solve past the first limit is an error before it allocates.
 //! - Total bound: each state keeps the Pareto front of (cost, error) over partial assignments,
 //!   pruning dominated ones, those that cannot finish within the budget (their error plus the
 //!   least error each later step could add) and those that cannot finish at or below the cost of
@@ -80,6 +83,19 @@ use haagenti_adaptive_core::{AdaptiveError, Precision, PrecisionCapabilities, Re
 use serde::{Deserialize, Serialize};
 
 use crate::noise::{NoiseKind, NoiseProfile, NoiseZone};
+
+/// The most (step, precision, run length) states one solve may visit: `steps x
+/// min(max_resident, candidates) x min(min_gap, steps)`. A 1 000-step table of five precisions
+/// with a minimum gap of 100 uses 500 000; past the limit [`solve`] is an error before it
+/// allocates (every state keeps at least one label of 32 bytes a step).
+pub const MAX_STATE_STEPS: usize = 1 << 24;
+
+/// The most partial assignments a total-budget solve keeps (32 bytes each, so 256 MiB): each
+/// state's Pareto front is thinned to `MAX_PARETO_LABELS / (steps x states)` labels (at least
+/// two: the cheapest and the least-error), which keeps the memory linear in the steps. Below the
+/// limit the result is exact; above it, it still meets every constraint but may cost more than
+/// the optimum. A 5 000-step table of four precisions keeps up to 419 labels a state.
+pub const MAX_PARETO_LABELS: usize = 1 << 23;
 
 fn err(msg: impl Into<String>) -> AdaptiveError {
     AdaptiveError::ScheduleError(msg.into())
@@ -385,7 +401,8 @@ pub struct SolveOptions {
     /// The precisions the device can run; `None` means every precision of the table. Table
     /// precisions not listed here are never chosen.
     pub supported: Option<Vec<Precision>>,
-    /// The minimum number of steps between two transitions (0 and 1: no constraint).
+    /// The minimum number of steps between two transitions (0 and 1: no constraint; any value
+    /// of at least the table's steps allows one transition at most, and costs no more).
     pub min_gap: usize,
     /// The most distinct precisions the assignment may use (at least 1).
     pub max_resident: usize,
@@ -629,9 +646,21 @@ pub fn solve(table: &ErrorTable, options: &SolveOptions, bound: &ErrorBound) -> 
             list(&table.precisions)
         )));
     }
+    // A gap of `steps` or more allows at most one transition, as `steps` does (two transitions
+    // lie at most `steps - 2` apart), so the run-length state never needs to count higher.
+    let gap = options.min_gap.clamp(1, steps);
+    let k = options.max_resident.min(candidates.len());
+    let state_steps = steps.saturating_mul(k).saturating_mul(gap);
+    if state_steps > MAX_STATE_STEPS {
+        return Err(err(format!(
+            "{steps} steps x {k} resident precisions x min_gap {gap} = {state_steps} solver \
+             states, above the limit of {MAX_STATE_STEPS} (MAX_STATE_STEPS: it bounds the \
+             solver's memory); use fewer steps or a smaller min_gap"
+        )));
+    }
     let problem = Problem {
         table,
-        gap: options.min_gap.max(1),
+        gap,
         allowed: (0..steps)
             .map(|i| {
                 let tau = bound.step_bound(i);
@@ -655,7 +684,6 @@ pub fn solve(table: &ErrorTable, options: &SolveOptions, bound: &ErrorBound) -> 
             )));
         }
     }
-    let k = options.max_resident.min(candidates.len());
     let mode = match bound {
         ErrorBound::Total(b) => Mode::Pareto { budget: *b },
         _ => Mode::Lexicographic,
@@ -885,6 +913,9 @@ impl Problem<'_> {
             }
         };
         let states = subset.len() * g;
+        // Every step keeps at most `front_cap` labels a state, so the arena holds at most
+        // `MAX_PARETO_LABELS` (plus one a state and step) whatever the number of steps.
+        let front_cap = (MAX_PARETO_LABELS / steps.saturating_mul(states).max(1)).max(2);
         let state = |s: usize, r: usize| s * g + (r - 1);
         let mut arena: Vec<Label> = Vec::new();
         let mut layer: Vec<Vec<usize>> = vec![Vec::new(); states];
@@ -952,12 +983,16 @@ impl Problem<'_> {
                     Mode::Pareto { .. } => {
                         cands.sort_by(|a, b| self.label_cmp(&arena, a, b, Objective::Cost));
                         let mut min_error = f64::INFINITY;
-                        for c in cands {
-                            if c.error < min_error {
+                        cands.retain(|c| {
+                            let keep = c.error < min_error;
+                            if keep {
                                 min_error = c.error;
-                                arena.push(c);
-                                layer[st].push(arena.len() - 1);
                             }
+                            keep
+                        });
+                        for c in thin_front(cands, front_cap) {
+                            arena.push(c);
+                            layer[st].push(arena.len() - 1);
                         }
                     }
                 }
@@ -1036,6 +1071,18 @@ fn assignment_better(a: &Assignment, b: &Assignment, objective: Objective) -> bo
         .then(ka.1.total_cmp(&kb.1))
         .then_with(|| b.precisions.cmp(&a.precisions))
         == Ordering::Less
+}
+
+/// At most `cap` (at least 2) labels of a Pareto front sorted by cost: the cheapest, the least
+/// error and evenly spaced ones between. Dropping labels keeps the result feasible (every label
+/// is a real partial assignment) but may miss the cheapest one: it happens only past
+/// [`MAX_PARETO_LABELS`].
+fn thin_front(front: Vec<Label>, cap: usize) -> Vec<Label> {
+    let n = front.len();
+    if n <= cap {
+        return front;
+    }
+    (0..cap).map(|i| front[i * (n - 1) / (cap - 1)]).collect()
 }
 
 /// All `k`-element subsets of `items`, in lexicographic order of positions.
