@@ -5,7 +5,10 @@
 //!   [--shapes MxKxN,...] [--no-throughput]`: kernel speed against the `gemm` crate's f32 matmul
 //!   (and candle's quantized matmul with `--candle`), as ratios measured in one run; `--cold` reads
 //!   every kernel's weights from memory rather than cache.
-//! - `cargo xtask bench schedule`: schedule generation and planning (criterion).
+//! - `cargo xtask bench schedule`: schedule generation and planning, and the error-budget solver
+//!   with step and switch costs at 30, 100 and 500 steps (criterion). The calibration method
+//!   itself is the library call `haagenti_adaptive::runtime::calibrate`, which
+//!   `haagenti-adaptive run` drives.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
