@@ -6,7 +6,10 @@
 //!   (and candle's quantized matmul with `--candle`), as ratios measured in one run; `--cold` reads
 //!   every kernel's weights from memory rather than cache; `--conv [--quick] [--threads 2]`
 //!   times the convolution API on UNet layers instead.
-//! - `cargo xtask bench schedule`: schedule generation and planning (criterion).
+//! - `cargo xtask bench schedule`: schedule generation and planning, and the error-budget solver
+//!   with step and switch costs at 30, 100 and 500 steps (criterion). The calibration method
+//!   itself is the library call `haagenti_adaptive::runtime::calibrate`, which
+//!   `haagenti-adaptive run` drives.
 //! - `cargo xtask fetch-model terrain`: downloads the terrain UNet's wheel with pip, checks the
 //!   ONNX file's sha256 and stores it in the model folder (`HAAGENTI_MODELS`, by default
 //!   `~/.cache/haagenti-adaptive/models`); does nothing when the file is already there.

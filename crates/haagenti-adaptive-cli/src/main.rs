@@ -9,6 +9,7 @@ mod plan;
 mod probe;
 mod quantize;
 mod report;
+mod results;
 mod run;
 mod signals;
 

@@ -4,10 +4,14 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use haagenti_adaptive::Precision;
-use haagenti_adaptive::runtime::CostTable;
+use haagenti_adaptive::runtime::StepCosts;
 use plotters::prelude::*;
 
-use crate::run::RunOutput;
+use crate::results::RunOutput;
+
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
+}
 
 fn db(v: Option<f64>) -> String {
     v.map_or_else(
@@ -22,6 +26,11 @@ fn db(v: Option<f64>) -> String {
     )
 }
 
+/// A time with its spread over the repeats: `0.074 ±0.004 s`.
+fn spread(seconds: f64, spread: f64) -> String {
+    format!("{seconds:.3} ±{spread:.3} s")
+}
+
 fn mib(bytes: usize) -> String {
     format!("{:.2}", bytes as f64 / (1024.0 * 1024.0))
 }
@@ -34,25 +43,29 @@ pub(crate) fn text(out: &RunOutput) -> String {
         "model gmm k={} d={} s={} | sampler {} | {} steps | batch {} | kernels {}",
         out.model.k, out.model.d, out.model.s, out.sampler, out.steps, out.batch, out.kernel_path
     );
-    let ms = |t: &CostTable| -> String {
+    let ms = |t: &StepCosts, f: &dyn Fn(Precision) -> Option<f64>| -> String {
         let parts: Vec<String> = t
             .precisions
             .iter()
-            .zip(&t.seconds)
-            .map(|(p, c)| format!("{p} {:.2} ms", c * 1e3))
+            .map(|&p| format!("{p} {:.2} ms", f(p).unwrap_or(f64::NAN) * 1e3))
             .collect();
         parts.join(", ")
     };
-    let _ = writeln!(s, "measured cost of one denoiser call: {}", ms(&out.costs));
+    let c = &out.costs;
+    let _ = writeln!(
+        s,
+        "measured cost of one step (mean over steps): {}",
+        ms(c, &|p| c.mean_step(p))
+    );
     let _ = writeln!(
         s,
         "extra cost of a step after another precision's: {}",
-        ms(&out.switch_costs)
+        ms(c, &|p| c.switch(p))
     );
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "{:<15} {:>8} {:>8} {:>8} {:>9} {:>10} {:>8} {:>7} {:>9}",
+        "{:<15} {:>16} {:>8} {:>8} {:>9} {:>10} {:>8} {:>7} {:>9}",
         "schedule",
         "time s",
         "speedup",
@@ -66,9 +79,9 @@ pub(crate) fn text(out: &RunOutput) -> String {
     for r in &out.runs {
         let _ = writeln!(
             s,
-            "{:<15} {:>8.3} {:>7.2}x {:>7.2}x {:>8.1}% {:>10} {:>8} {:>6.0}% {:>9}",
+            "{:<15} {:>16} {:>7.2}x {:>7.2}x {:>8.1}% {:>10} {:>8} {:>6.0}% {:>9}",
             r.name,
-            r.seconds,
+            spread(r.seconds, r.seconds_spread),
             r.speedup,
             r.predicted_speedup,
             100.0 * (r.speedup / r.predicted_speedup - 1.0),
@@ -85,22 +98,22 @@ pub(crate) fn text(out: &RunOutput) -> String {
             "calibration ({:.1} s): budget {:.3e} (MSE vs FP32; best preset on the calibration batch: {} at {:.3e}); calibrated measures {:.3e} there (solver bound {:.3e})",
             c.seconds,
             c.budget,
-            c.best_preset,
-            c.best_preset_calibration_mse,
+            c.best_preset.as_deref().unwrap_or("-"),
+            c.best_preset_calibration_mse.unwrap_or(f64::NAN),
             c.calibration_mse,
             c.solver_bound_mse
         );
         for k in &c.checks {
             let _ = writeln!(
                 s,
-                "  {:<12} {:<12} time {:.3} s  predicted {:.2}x  PSNR {:>6} dB  MSE {:.3e}  modes {:.0}%",
-                k.batch,
+                "  {:<12} {:<12} time {}  predicted {:.2}x  PSNR {:>6} dB  MSE {:.3e}  modes {:.0}%",
+                k.batch.to_string(),
                 k.name,
-                k.seconds,
+                spread(k.seconds, k.seconds_spread),
                 k.predicted_speedup,
-                db(k.psnr_db),
-                k.mse,
-                100.0 * k.mode_agreement
+                db(finite(k.quality.psnr_db)),
+                k.quality.mse,
+                100.0 * k.quality.mode_agreement
             );
         }
     }
@@ -237,7 +250,7 @@ fn speed_quality_plot(path: &Path, out: &RunOutput) -> PlotResult {
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "speed against quality (FP32 plotted at the top)",
+            "speed against quality (FP32 at the top; bars: spread over repeats)",
             ("sans-serif", 20),
         )
         .margin(12)
@@ -249,16 +262,51 @@ fn speed_quality_plot(path: &Path, out: &RunOutput) -> PlotResult {
         .x_desc("measured speedup over FP32")
         .y_desc("PSNR vs FP32, dB")
         .draw()?;
+    let fp32 = out.runs.first();
+    let rel = |t: f64, s: f64| if t > 0.0 { s / t } else { 0.0 };
+    let points: Vec<(f64, f64)> = out
+        .runs
+        .iter()
+        .map(|r| (r.speedup, r.psnr_db.unwrap_or(top)))
+        .collect();
+    // The Pareto front: runs no other run beats on both speed and quality, fastest first.
+    let mut order: Vec<usize> = (0..points.len()).collect();
+    order.sort_by(|&a, &b| points[b].0.total_cmp(&points[a].0));
+    let mut front = Vec::new();
+    let mut best_y = f64::NEG_INFINITY;
+    for i in order {
+        if points[i].1 > best_y {
+            best_y = points[i].1;
+            front.push(points[i]);
+        }
+    }
+    chart
+        .draw_series(LineSeries::new(front, BLACK.mix(0.4).stroke_width(1)))?
+        .label("Pareto front")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.mix(0.4)));
     for (i, r) in out.runs.iter().enumerate() {
-        let y = r.psnr_db.unwrap_or(top);
+        let (x, y) = points[i];
         let c = palette(i);
-        chart.draw_series(std::iter::once(Circle::new((r.speedup, y), 5, c.filled())))?;
+        // The speedup's spread: the relative spreads of this run's and FP32's times combined.
+        let e = fp32.map_or(0.0, |f| {
+            x * rel(r.seconds, r.seconds_spread).hypot(rel(f.seconds, f.seconds_spread))
+        });
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(x - e, y), (x + e, y)],
+            c.stroke_width(2),
+        )))?;
+        chart.draw_series(std::iter::once(Circle::new((x, y), 5, c.filled())))?;
         chart.draw_series(std::iter::once(Text::new(
             r.name.clone(),
-            (r.speedup, y),
+            (x, y),
             ("sans-serif", 13),
         )))?;
     }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
     root.present()?;
     Ok(())
 }
@@ -291,9 +339,9 @@ pub(crate) fn write(dir: &Path, out: &RunOutput) -> anyhow::Result<()> {
     for r in &out.runs {
         let _ = writeln!(
             md,
-            "| {} | {:.3} | {:.3} | {:.2}x | {:.2}x | {} | {} | {:.0}% | {} |",
+            "| {} | {} | {:.3} | {:.2}x | {:.2}x | {} | {} | {:.0}% | {} |",
             r.name,
-            r.seconds,
+            spread(r.seconds, r.seconds_spread),
             r.load_seconds,
             r.speedup,
             r.predicted_speedup,
@@ -315,8 +363,8 @@ pub(crate) fn write(dir: &Path, out: &RunOutput) -> anyhow::Result<()> {
              (MSE {:.3e}); the calibrated schedule, the cheapest of the solver's that meets the \
              budget there, measures {:.3e} (solver bound {:.3e}); {:.1} s.\n",
             c.budget,
-            c.best_preset,
-            c.best_preset_calibration_mse,
+            c.best_preset.as_deref().unwrap_or("-"),
+            c.best_preset_calibration_mse.unwrap_or(f64::NAN),
             c.calibration_mse,
             c.solver_bound_mse,
             c.seconds
@@ -328,14 +376,14 @@ pub(crate) fn write(dir: &Path, out: &RunOutput) -> anyhow::Result<()> {
         for k in &c.checks {
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.3} | {:.2}x | {} | {:.3e} | {:.0}% |",
+                "| {} | {} | {} | {:.2}x | {} | {:.3e} | {:.0}% |",
                 k.batch,
                 k.name,
-                k.seconds,
+                spread(k.seconds, k.seconds_spread),
                 k.predicted_speedup,
-                db(k.psnr_db),
-                k.mse,
-                100.0 * k.mode_agreement
+                db(finite(k.quality.psnr_db)),
+                k.quality.mse,
+                100.0 * k.quality.mode_agreement
             );
         }
         let _ = writeln!(md, "\n![per-step sensitivity](sensitivity.svg)\n");

@@ -6,23 +6,16 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use haagenti_adaptive::runtime::{
-    CostTable, Denoiser, Executor, GmmConfig, GmmModel, Quality, RunPlan, RunRecord, RunSize,
-    Sampler, SensitivityTable, SplitMix64, gaussian_noise, mse, quality, sensitivity, solve_budget,
+    CalibrationOptions, CalibrationPhase, CostSampling, Executor, GmmConfig, GmmModel, Quality,
+    RunPlan, RunSize, Sampler, SensitivityTable, calibrate, fp32_trajectory, gaussian_noise,
+    measure_step_costs, quality, time_plans,
 };
-use haagenti_adaptive::schedule::noise::{NoiseProfile, NoiseSchedule};
-use haagenti_adaptive::schedule::solver::SolveOptions;
-use haagenti_adaptive::{
-    Precision, PrecisionSchedule, ProfilePreset, ScheduleConfig, TransitionPlanner,
-    TransitionStrategy,
-};
+use haagenti_adaptive::schedule::noise::{KARRAS_SIGMA_MAX, NoiseProfile, NoiseSchedule};
+use haagenti_adaptive::{Precision, PrecisionSchedule, ProfilePreset, ScheduleConfig};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
 
 use crate::report;
-
-const SIGMA_MIN: f64 = 0.002;
-const SIGMA_MAX: f64 = 80.0;
-const RHO: f64 = 7.0;
+use crate::results::{RunOutput, RunRow};
 
 /// Arguments of `haagenti-adaptive run`.
 #[derive(clap::Args)]
@@ -72,72 +65,6 @@ pub(crate) struct RunArgs {
     report: Option<PathBuf>,
 }
 
-/// One row of the results.
-#[derive(Clone, Debug, Serialize)]
-pub(crate) struct RunRow {
-    pub(crate) name: String,
-    /// Sum over steps of each step's median time over the repeats.
-    pub(crate) seconds: f64,
-    /// Median over the repeats of the whole run's time.
-    pub(crate) run_median_seconds: f64,
-    pub(crate) load_seconds: f64,
-    pub(crate) speedup: f64,
-    pub(crate) predicted_speedup: f64,
-    pub(crate) peak_weight_bytes: usize,
-    pub(crate) psnr_db: Option<f64>,
-    pub(crate) mode_agreement: f64,
-    pub(crate) psnr_agreeing_db: Option<f64>,
-    pub(crate) mse: f64,
-    pub(crate) schedule: Vec<Precision>,
-    pub(crate) step_seconds: Vec<f64>,
-}
-
-/// The calibrated schedule checked on the calibration batch and on a held-out batch.
-#[derive(Clone, Debug, Serialize)]
-pub(crate) struct CheckRow {
-    pub(crate) name: String,
-    pub(crate) batch: String,
-    /// As [`RunRow::seconds`].
-    pub(crate) seconds: f64,
-    pub(crate) predicted_speedup: f64,
-    pub(crate) psnr_db: Option<f64>,
-    pub(crate) mse: f64,
-    pub(crate) mode_agreement: f64,
-}
-
-/// Calibration results.
-#[derive(Clone, Debug, Serialize)]
-pub(crate) struct Calibration {
-    pub(crate) budget: f64,
-    /// The solver's (additive, conservative) error bound for the chosen schedule.
-    pub(crate) solver_bound_mse: f64,
-    /// The chosen schedule's MSE measured on the calibration batch.
-    pub(crate) calibration_mse: f64,
-    pub(crate) best_preset: String,
-    pub(crate) best_preset_calibration_mse: f64,
-    pub(crate) sensitivity: SensitivityTable,
-    pub(crate) seconds: f64,
-    pub(crate) checks: Vec<CheckRow>,
-}
-
-/// Everything `run` measured.
-#[derive(Clone, Debug, Serialize)]
-pub(crate) struct RunOutput {
-    pub(crate) model: GmmConfig,
-    pub(crate) sampler: Sampler,
-    pub(crate) steps: usize,
-    pub(crate) batch: usize,
-    pub(crate) sigmas: Vec<f64>,
-    pub(crate) kernel_path: String,
-    pub(crate) costs: CostTable,
-    /// Extra seconds of a step right after a step at another precision (cold weights).
-    pub(crate) switch_costs: CostTable,
-    pub(crate) runs: Vec<RunRow>,
-    pub(crate) calibration: Option<Calibration>,
-    pub(crate) claim: Option<String>,
-    pub(crate) total_seconds: f64,
-}
-
 fn json_psnr(v: f64) -> Option<f64> {
     v.is_finite().then_some(v)
 }
@@ -155,8 +82,7 @@ fn uniform_names() -> [(&'static str, Precision); 5] {
 fn preset_precisions(preset: ProfilePreset, steps: usize) -> anyhow::Result<Vec<Precision>> {
     if preset == ProfilePreset::NoiseAdaptive {
         // With the sampler's sigmas known, the noise-level profile replaces the fraction one.
-        let noise = NoiseSchedule::karras(SIGMA_MIN, SIGMA_MAX, RHO)?;
-        let p = NoiseProfile::noise_adaptive().precisions_for(&noise, steps)?;
+        let p = NoiseProfile::noise_adaptive().precisions_for(&NoiseSchedule::default(), steps)?;
         if p.len() == steps {
             return Ok(p);
         }
@@ -168,246 +94,16 @@ fn preset_precisions(preset: ProfilePreset, steps: usize) -> anyhow::Result<Vec<
     Ok(schedule.steps.iter().map(|s| s.precision).collect())
 }
 
-/// The run the transition planner makes of `precisions`: every change kept (minimum gap 1),
-/// blended with `strategy`, and the weights resident at each step those the plan says.
-fn transition_run_plan(
-    name: &str,
-    precisions: &[Precision],
-    strategy: TransitionStrategy,
-) -> anyhow::Result<RunPlan> {
-    let config = ScheduleConfig::default().strategy(strategy);
-    let schedule = PrecisionSchedule::from_precisions(config, name, precisions)?;
-    let tplan = TransitionPlanner::new(u64::MAX)
-        .with_min_gap(1)
-        .plan_schedule(&schedule)?;
-    Ok(RunPlan::from_transition_plan(name, &tplan)?)
-}
-
 /// A seed preset's run: its precisions, blended with the preset's transition strategy.
 fn preset_plan(preset: ProfilePreset, steps: usize) -> anyhow::Result<RunPlan> {
     let strategy = ScheduleConfig::with_preset(preset).transition_strategy;
-    transition_run_plan(preset.name(), &preset_precisions(preset, steps)?, strategy)
-}
-
-/// What [`step_costs`] needs besides the model and the batch.
-struct CostArgs<'a> {
-    exec: &'a Executor,
-    seed: u64,
-    quiet: bool,
-}
-
-/// Steps whose cost [`step_costs`] times; the others are interpolated.
-const COST_PROBES: usize = 6;
-/// Rounds of [`step_costs`]: each probe's cost is the median of this many timings.
-const COST_ROUNDS: usize = 5;
-
-/// Measured seconds of each step at each precision of [`Precision::ALL`], on `batch` samples.
-///
-/// A probe times one real sampler step of the executor (every denoiser evaluation of the step,
-/// the sampler's arithmetic). It follows an untimed step at the same precision from a state
-/// distributed as at the step before (a mixture sample plus that step's sigma noise), so the
-/// timed step starts where that one left off, with new data, as a step of a run does.
-/// [`COST_PROBES`] steps spread over the run are timed, precisions and probes taking turns in
-/// each of [`COST_ROUNDS`] rounds so that load from other processes falls on all alike; each
-/// probe keeps its median, and the steps between probes get linearly interpolated costs (a
-/// call's cost hardly moves with sigma). Every precision must be loaded.
-fn step_costs(model: &mut GmmModel, a: &CostArgs<'_>, batch: usize) -> anyhow::Result<StepCosts> {
-    let all = Precision::ALL;
-    let config = *model.config();
-    let d = config.d;
-    let steps = a.exec.steps();
-    let sigmas = a.exec.sigmas();
-    // Timed steps. Each follows an untimed step from a state drawn as at the step before it
-    // (step 0 takes the cost of the first probe, unless it is the only step: then it is timed
-    // after an untimed run of itself from the same state).
-    let probes: Vec<usize> = if steps == 1 {
-        vec![0]
-    } else if steps <= COST_PROBES {
-        (1..steps).collect()
-    } else {
-        (0..COST_PROBES)
-            .map(|j| 1 + j * (steps - 2) / (COST_PROBES - 1))
-            .collect()
-    };
-    let mut pick = SplitMix64::new(a.seed.wrapping_add(3));
-    let comps: Vec<usize> = (0..batch)
-        .map(|_| pick.below(config.k as u64) as usize)
-        .collect();
-    let states: Vec<Vec<f32>> = probes
-        .iter()
-        .map(|&t| {
-            let i = t.saturating_sub(1);
-            let noise = gaussian_noise(batch, d, sigmas[i], a.seed.wrapping_add(4 + i as u64));
-            noise
-                .chunks(d)
-                .zip(&comps)
-                .flat_map(|(n, &c)| {
-                    n.iter()
-                        .zip(&model.means()[c * d..(c + 1) * d])
-                        .map(|(a, b)| a + b)
-                        .collect::<Vec<_>>()
-                })
-                .collect()
-        })
-        .collect();
-    let uniform: Vec<Vec<Precision>> = all.iter().map(|&p| vec![p; steps]).collect();
-    let pb = bar(
-        COST_ROUNDS * probes.len(),
-        &format!("costs (b={batch})"),
-        a.quiet,
-    );
-    // times[probe][precision]: one timing a round; cold: the same for the untimed step before
-    // it, which follows a step at another precision (the previous one in the turn).
-    let mut times = vec![vec![Vec::with_capacity(COST_ROUNDS); all.len()]; probes.len()];
-    let mut cold = times.clone();
-    for _ in 0..COST_ROUNDS {
-        for (((&i, state), probe_times), probe_cold) in
-            probes.iter().zip(&states).zip(&mut times).zip(&mut cold)
-        {
-            for ((ps, t), c) in uniform.iter().zip(probe_times.iter_mut()).zip(probe_cold) {
-                // Two consecutive steps, new data each, as in a run: the first after another
-                // precision's step (cold weights), the second after one at its own.
-                let mut x = state.clone();
-                let t0 = std::time::Instant::now();
-                a.exec
-                    .advance(model, &mut x, batch, i.saturating_sub(1), i.max(1), ps)?;
-                c.push(t0.elapsed().as_secs_f64());
-                if i == 0 {
-                    x.copy_from_slice(state);
-                }
-                let t0 = std::time::Instant::now();
-                a.exec.advance(model, &mut x, batch, i, i + 1, ps)?;
-                t.push(t0.elapsed().as_secs_f64());
-            }
-            pb.inc(1);
-        }
-    }
-    pb.finish_and_clear();
-    let medians = |times: Vec<Vec<Vec<f64>>>| -> Vec<Vec<f64>> {
-        times
-            .into_iter()
-            .map(|probe_times| {
-                probe_times
-                    .into_iter()
-                    .map(|mut t| {
-                        t.sort_by(f64::total_cmp);
-                        t[t.len() / 2]
-                    })
-                    .collect()
-            })
-            .collect()
-    };
-    let (warm, cold) = (medians(times), medians(cold));
-    let switch = (0..all.len())
-        .map(|j| {
-            let extra: f64 = warm.iter().zip(&cold).map(|(w, c)| c[j] - w[j]).sum();
-            (extra / warm.len() as f64).max(0.0)
-        })
-        .collect();
-    Ok(StepCosts {
-        per_step: (0..steps).map(|i| interpolate(&probes, &warm, i)).collect(),
-        switch,
-    })
-}
-
-/// Measured costs of a run's steps, per precision of [`Precision::ALL`].
-struct StepCosts {
-    /// Seconds of step `i` at precision `j` after a step at the same precision.
-    per_step: Vec<Vec<f64>>,
-    /// Extra seconds of a step at precision `j` when the step before ran another precision (its
-    /// weights are not in cache), the mean over the probes; every run's first step pays it.
-    switch: Vec<f64>,
-}
-
-/// The costs at step `i`, linear between the probes around it (`probes` ascending, not empty).
-fn interpolate(probes: &[usize], costs: &[Vec<f64>], i: usize) -> Vec<f64> {
-    let after = probes.partition_point(|&p| p < i).min(probes.len() - 1);
-    let before = if probes[after] <= i || after == 0 {
-        after
-    } else {
-        after - 1
-    };
-    let (p0, p1) = (probes[before], probes[after]);
-    if p0 == p1 {
-        return costs[before].clone();
-    }
-    let f = (i - p0) as f64 / (p1 - p0) as f64;
-    costs[before]
-        .iter()
-        .zip(&costs[after])
-        .map(|(a, b)| a + f * (b - a))
-        .collect()
-}
-
-/// A plan's runs, timed.
-struct Timed {
-    /// The first run (every run computes the same samples).
-    record: RunRecord,
-    /// Each step's median time over the runs.
-    step_seconds: Vec<f64>,
-    /// Their sum: the time of a run with each step at its typical speed.
-    seconds: f64,
-    /// The median of the whole runs' times.
-    run_median: f64,
-}
-
-/// Runs every plan `repeats` times, taking turns, and times them.
-///
-/// The figure is per step: each step's median over the repeats, summed. This machine's speed
-/// moves in phases of tens of milliseconds (another process, the clock), which can slow one
-/// whole run of a quarter of a second; a per-step median discards such a phase where a median
-/// of whole runs can keep it, and taking turns spreads what remains over every plan alike.
-fn round_robin(
-    plans: &[&RunPlan],
-    repeats: usize,
-    mut run: impl FnMut(&RunPlan) -> anyhow::Result<RunRecord>,
-) -> anyhow::Result<Vec<Timed>> {
-    let mut runs: Vec<Vec<RunRecord>> = (0..plans.len()).map(|_| Vec::new()).collect();
-    for _ in 0..repeats {
-        for (plan, plan_runs) in plans.iter().zip(&mut runs) {
-            plan_runs.push(run(plan)?);
-        }
-    }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    runs.into_iter()
-        .map(|plan_runs| {
-            let steps = plan_runs[0].steps.len();
-            let step_seconds: Vec<f64> = (0..steps)
-                .map(|i| median(plan_runs.iter().map(|r| r.steps[i].wall_s).collect()))
-                .collect();
-            let run_median = median(plan_runs.iter().map(|r| r.compute_s).collect());
-            let record = plan_runs
-                .into_iter()
-                .next()
-                .context("at least one repeat")?;
-            Ok(Timed {
-                record,
-                seconds: step_seconds.iter().sum(),
-                step_seconds,
-                run_median,
-            })
-        })
-        .collect()
-}
-
-/// Predicted seconds of `plan` from measured step costs: a blended step pays for both
-/// precisions, and a precision the step before did not run pays the switch cost.
-fn predict_with(costs: &StepCosts, plan: &RunPlan) -> f64 {
-    let col = |p: Precision| Precision::ALL.iter().position(|&q| q == p).unwrap_or(0);
-    let mut total = 0.0;
-    for (i, m) in plan.steps.iter().enumerate() {
-        for p in m.precisions() {
-            total += costs.per_step.get(i).map_or(0.0, |r| r[col(p)]);
-            let switched = i == 0 || !plan.steps[i - 1].precisions().any(|q| q == p);
-            if switched {
-                total += costs.switch[col(p)];
-            }
-        }
-    }
-    total
+    let config = ScheduleConfig::default().strategy(strategy);
+    let schedule = PrecisionSchedule::from_precisions(
+        config,
+        preset.name(),
+        &preset_precisions(preset, steps)?,
+    )?;
+    Ok(RunPlan::from_schedule(&schedule)?)
 }
 
 fn bar(len: usize, msg: &str, quiet: bool) -> ProgressBar {
@@ -423,18 +119,10 @@ fn bar(len: usize, msg: &str, quiet: bool) -> ProgressBar {
     pb
 }
 
-fn run_plan(
-    exec: &Executor,
-    model: &mut GmmModel,
-    plan: &RunPlan,
-    x0: &[f32],
-    batch: usize,
-    quiet: bool,
-) -> anyhow::Result<RunRecord> {
-    let pb = bar(exec.steps(), &plan.name, quiet);
-    let rec = exec.run(model, plan, x0, batch, |_| pb.inc(1))?;
-    pb.finish_and_clear();
-    Ok(rec)
+/// A bar that follows progress reports `(done, total)`.
+fn follow(pb: &ProgressBar, done: usize, total: usize) {
+    pb.set_length(total as u64);
+    pb.set_position(done as u64);
 }
 
 pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -494,50 +182,14 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let quiet = args.json;
     let steps = args.steps;
-    let sigmas = NoiseSchedule::karras(SIGMA_MIN, SIGMA_MAX, RHO)?.sigmas(steps)?;
+    let sigmas = NoiseSchedule::default().sigmas(steps)?;
     let exec = Executor::new(sampler, sigmas.clone())?;
-    let evals: Vec<usize> = (0..steps).map(|i| sampler.evals(sigmas[i + 1])).collect();
     let mut model = GmmModel::new(config)?;
+    // The judge of quality (nearest mixture component): the model's means, no weights loaded.
+    let judge = model.clone();
     let d = config.d;
-    let x0 = gaussian_noise(args.batch, d, SIGMA_MAX, args.seed);
+    let x0 = gaussian_noise(args.batch, d, KARRAS_SIGMA_MAX, args.seed);
 
-    // Measured cost of each step at each precision, on the full batch (see `step_costs`).
-    let all = Precision::ALL;
-    for p in all {
-        model.load(p)?;
-    }
-    let cost_args = CostArgs {
-        exec: &exec,
-        seed: args.seed,
-        quiet,
-    };
-    let per_step = step_costs(&mut model, &cost_args, args.batch)?;
-    // The calibration and held-out checks run on the smaller calibration batch, whose costs
-    // differ (a precision's advantage depends on the batch): their predictions use costs
-    // measured at that batch.
-    let per_step_cal = if wanted.iter().any(|n| n == "calibrated") {
-        step_costs(&mut model, &cost_args, args.calibration_batch)?
-    } else {
-        StepCosts {
-            per_step: Vec::new(),
-            switch: vec![0.0; all.len()],
-        }
-    };
-    for p in all {
-        model.release(p);
-    }
-    let total_evals: f64 = evals.iter().map(|&e| e as f64).sum();
-    let mean_costs = |costs: &StepCosts, batch: usize| CostTable {
-        precisions: all.to_vec(),
-        seconds: (0..all.len())
-            .map(|j| costs.per_step.iter().map(|r| r[j]).sum::<f64>() / total_evals)
-            .collect(),
-        batch,
-    };
-    let costs = mean_costs(&per_step, args.batch);
-    let predict = |plan: &RunPlan| predict_with(&per_step, plan);
-
-    // Schedules other than calibrated.
     let mut plans: Vec<RunPlan> = Vec::new();
     for name in &wanted {
         if let Some((_, p)) = uniform_names().iter().find(|(n, _)| n == name) {
@@ -551,160 +203,92 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
 
-    // Calibration on its own batch, then the check on a held-out batch.
+    // Calibration on its own batch, checked on a held-out batch (the library's method).
     let mut calibration = None;
     if wanted.iter().any(|n| n == "calibrated") {
-        let t0 = std::time::Instant::now();
         let cb = args.calibration_batch;
-        let xc = gaussian_noise(cb, d, SIGMA_MAX, args.seed.wrapping_add(1));
-        let xh = gaussian_noise(cb, d, SIGMA_MAX, args.seed.wrapping_add(2));
-        // The schedule is solved with costs measured at the batch it is checked on: which
-        // precision is cheaper depends on the batch (FP16 against FP32, for one).
-        let cal_costs = mean_costs(&per_step_cal, cb);
-        // A precision that costs FP32's time or more is never worth choosing (FP32 has no error):
-        // its sensitivity is not measured.
-        let fp32_cost = cal_costs.get(Precision::FP32).unwrap_or(f64::INFINITY);
-        let lower: Vec<Precision> = [
-            Precision::INT4,
-            Precision::INT8,
-            Precision::BF16,
-            Precision::FP16,
-        ]
-        .into_iter()
-        .filter(|&p| cal_costs.get(p).is_some_and(|c| c < fp32_cost))
-        .collect();
-        let pb = bar(steps * lower.len(), "calibrating", quiet);
-        let table = sensitivity(&exec, &mut model, &xc, cb, &lower, |done, _| {
-            pb.set_position(done as u64)
-        })?;
-        pb.finish_and_clear();
-        let ref_c = exec.run(
+        let xc = gaussian_noise(cb, d, KARRAS_SIGMA_MAX, args.seed.wrapping_add(1));
+        let xh = gaussian_noise(cb, d, KARRAS_SIGMA_MAX, args.seed.wrapping_add(2));
+        let options = CalibrationOptions {
+            budget: args.budget,
+            baselines: ProfilePreset::all()
+                .iter()
+                .map(|&p| preset_plan(p, steps))
+                .collect::<anyhow::Result<_>>()?,
+            max_resident: args.max_resident,
+            repeats: args.repeats,
+            ..CalibrationOptions::default()
+        };
+        let pb = bar(1, "calibrating", quiet);
+        let mut phase = None;
+        let report = calibrate(
+            &exec,
             &mut model,
-            &RunPlan::uniform("fp32", Precision::FP32, steps),
             &xc,
-            cb,
-            |_| {},
+            &xh,
+            &options,
+            |r, s| quality(&judge, r, s, cb),
+            |p| {
+                if phase != Some(p.phase) {
+                    phase = Some(p.phase);
+                    pb.set_message(phase_name(p.phase));
+                }
+                follow(&pb, p.done, p.total);
+            },
         )?;
-        // The best seed preset on the calibration batch, by measured MSE.
-        let mut best: Option<(f64, RunPlan)> = None;
-        for &preset in ProfilePreset::all() {
-            let plan = preset_plan(preset, steps)?;
-            let rec = exec.run(&mut model, &plan, &xc, cb, |_| {})?;
-            let e = mse(&ref_c.samples, &rec.samples)?;
-            if best.as_ref().is_none_or(|b| e < b.0) {
-                best = Some((e, plan));
-            }
-        }
-        let (best_mse, best_plan) = best.context("no presets")?;
-        let best_name = best_plan.name.clone();
-        // The schedule crate's exact solver, on RMS errors (see `solve_budget`), with at most
-        // `--max-resident` precisions resident. Its bound adds per-step errors as if they never
-        // cancelled, so a schedule at the budget's bound measures far below the budget: solve
-        // over a range of bounds and keep the cheapest schedule whose measured MSE on the
-        // calibration batch meets the budget (all-FP32, at the tightest bound, always does).
-        // The solver knows no switch cost, so it also solves with a minimum gap between
-        // transitions; "cheapest" is the prediction with switch costs.
-        let budget = args.budget.unwrap_or(best_mse);
-        let mut solved = None;
-        let mut tried: Vec<Vec<Precision>> = Vec::new();
-        let bounds = (-6i32..=8).map(|j| budget * 2f64.powi(j));
-        let gaps = [1, steps.div_ceil(8), steps.div_ceil(4)];
-        for (bound, gap) in bounds.flat_map(|b| gaps.map(|g| (b, g))) {
-            let options = SolveOptions::default()
-                .max_resident(args.max_resident)
-                .min_gap(gap);
-            let Ok(candidate) = solve_budget(&table, &cal_costs, bound, &options) else {
-                continue;
-            };
-            if tried.contains(&candidate.precisions) {
-                continue;
-            }
-            tried.push(candidate.precisions.clone());
-            let plan = transition_run_plan(
-                "calibrated",
-                &candidate.precisions,
-                TransitionStrategy::Immediate,
-            )?;
-            let rec = exec.run(&mut model, &plan, &xc, cb, |_| {})?;
-            let measured = mse(&ref_c.samples, &rec.samples)?;
-            let cost = predict_with(&per_step_cal, &plan);
-            if measured <= budget && solved.as_ref().is_none_or(|(c, _, _)| cost < *c) {
-                solved = Some((cost, measured, candidate));
-            }
-        }
-        let (_, calibration_mse, solved) = solved
-            .context("no schedule of the solver meets the budget on the calibration batch")?;
-        let solver_bound_mse = solved.total_error * solved.total_error;
-        let calibrated = transition_run_plan(
-            "calibrated",
-            &solved.precisions,
-            TransitionStrategy::Immediate,
-        )?;
-        plans.push(calibrated.clone());
-
-        let fp32_cal_pred = predict_with(
-            &per_step_cal,
-            &RunPlan::uniform("fp32", Precision::FP32, steps),
-        );
-        let mut checks = Vec::new();
-        let fp32_plan = RunPlan::uniform("fp32", Precision::FP32, steps);
-        let check_plans = [&fp32_plan, &calibrated, &best_plan];
-        for (label, xs) in [("calibration", &xc), ("held-out", &xh)] {
-            let timed = round_robin(&check_plans, args.repeats, |plan| {
-                Ok(exec.run(&mut model, plan, xs, cb, |_| {})?)
-            })?;
-            let reference = &timed[0].record.samples;
-            for (plan, t) in check_plans.iter().zip(&timed) {
-                let q = quality(&model, reference, &t.record.samples, cb)?;
-                checks.push(CheckRow {
-                    name: plan.name.clone(),
-                    batch: label.into(),
-                    seconds: t.seconds,
-                    predicted_speedup: fp32_cal_pred / predict_with(&per_step_cal, plan),
-                    psnr_db: json_psnr(q.psnr_db),
-                    mse: q.mse,
-                    mode_agreement: q.mode_agreement,
-                });
-            }
-        }
-        calibration = Some(Calibration {
-            budget,
-            solver_bound_mse,
-            calibration_mse,
-            best_preset: best_name,
-            best_preset_calibration_mse: best_mse,
-            sensitivity: table,
-            seconds: t0.elapsed().as_secs_f64(),
-            checks,
-        });
+        pb.finish_and_clear();
+        plans.push(report.plan.clone());
+        calibration = Some(report);
     }
 
-    // The runs, all from the same initial noise.
+    // Step costs on the full batch, from the FP32 trajectory of the runs' own noise.
+    let trajectory = fp32_trajectory(&exec, &mut model, &x0, args.batch)?;
+    let pb = bar(1, &format!("costs (b={})", args.batch), quiet);
+    let costs = measure_step_costs(
+        &exec,
+        &mut model,
+        &trajectory,
+        args.batch,
+        &Precision::ALL,
+        CostSampling::default(),
+        |done, total| follow(&pb, done, total),
+    )?;
+    pb.finish_and_clear();
+
+    // The runs, all from the same initial noise, taking turns.
     let plan_refs: Vec<&RunPlan> = plans.iter().collect();
-    let timed = round_robin(&plan_refs, args.repeats, |plan| {
-        run_plan(&exec, &mut model, plan, &x0, args.batch, quiet)
-    })?;
+    let pb = bar(1, "runs", quiet);
+    let timed = time_plans(
+        &exec,
+        &mut model,
+        &plan_refs,
+        &x0,
+        args.batch,
+        args.repeats,
+        |done, total| follow(&pb, done, total),
+    )?;
+    pb.finish_and_clear();
     let reference = timed[0].record.samples.clone();
     let fp32_time = timed[0].seconds;
-    let fp32_pred = predict(&RunPlan::uniform("fp32", Precision::FP32, steps));
+    let fp32_pred = costs.predict(&RunPlan::uniform("fp32", Precision::FP32, steps))?;
     let mut runs = Vec::new();
     for (plan, t) in plans.iter().zip(&timed) {
         let rec = &t.record;
-        let q: Quality = quality(&model, &reference, &rec.samples, args.batch)?;
-        let sched = plan.precisions();
+        let q: Quality = quality(&judge, &reference, &rec.samples, args.batch)?;
         runs.push(RunRow {
             name: plan.name.clone(),
             seconds: t.seconds,
-            run_median_seconds: t.run_median,
+            seconds_spread: t.seconds_spread,
+            run_median_seconds: t.run_median_seconds,
             load_seconds: rec.load_s,
             speedup: fp32_time / t.seconds,
-            predicted_speedup: fp32_pred / predict(plan),
+            predicted_speedup: fp32_pred / costs.predict(plan)?,
             peak_weight_bytes: rec.peak_resident_bytes,
             psnr_db: json_psnr(q.psnr_db),
             mode_agreement: q.mode_agreement,
             psnr_agreeing_db: json_psnr(q.psnr_agreeing_db),
             mse: q.mse,
-            schedule: sched,
+            schedule: plan.precisions(),
             step_seconds: t.step_seconds.clone(),
         });
     }
@@ -718,11 +302,6 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
         sigmas,
         kernel_path: haagenti_adaptive::kernels::kernel_path().to_string(),
         costs,
-        switch_costs: CostTable {
-            precisions: all.to_vec(),
-            seconds: per_step.switch.clone(),
-            batch: args.batch,
-        },
         runs,
         calibration,
         claim,
@@ -738,6 +317,16 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
         print!("{}", report::text(&out));
     }
     Ok(())
+}
+
+fn phase_name(p: CalibrationPhase) -> &'static str {
+    match p {
+        CalibrationPhase::Costs => "cal. costs",
+        CalibrationPhase::Sensitivity => "sensitivity",
+        CalibrationPhase::Search => "search",
+        CalibrationPhase::Check => "checks",
+        _ => "calibrating",
+    }
 }
 
 /// What the sensitivity table says about "low precision is safe at high noise": the mean INT4
@@ -774,21 +363,4 @@ fn claim_text(t: &SensitivityTable) -> String {
         ));
     }
     parts.join("; ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::interpolate;
-
-    #[test]
-    fn interpolation_is_exact_at_probes_and_linear_between() {
-        let probes = [0, 4, 9];
-        let costs = vec![vec![1.0, 10.0], vec![3.0, 10.0], vec![8.0, 0.0]];
-        assert_eq!(interpolate(&probes, &costs, 0), [1.0, 10.0]);
-        assert_eq!(interpolate(&probes, &costs, 4), [3.0, 10.0]);
-        assert_eq!(interpolate(&probes, &costs, 9), [8.0, 0.0]);
-        assert_eq!(interpolate(&probes, &costs, 2), [2.0, 10.0]);
-        assert_eq!(interpolate(&probes, &costs, 6), [5.0, 6.0]);
-        assert_eq!(interpolate(&[3], &[vec![7.0]], 0), [7.0]);
-    }
 }

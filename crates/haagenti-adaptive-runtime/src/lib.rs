@@ -7,9 +7,10 @@
 //!   gradual transitions), recording each step's precision, sigma, time and resident weight bytes.
 //! - [`GmmModel`]: the built-in reference model, the exact denoiser of a Gaussian mixture whose
 //!   means are its weights; both of its matrix products run through the quantized kernels.
-//! - [`sensitivity`], [`measure_costs`], [`solve_budget`]: calibration, from measured per-step
-//!   errors and measured costs to the cheapest schedule within an error budget and a limit on
-//!   resident precisions (the schedule crate's exact solver).
+//! - [`calibrate`]: the whole method for any [`Denoiser`]: per-step costs from real executor
+//!   steps ([`measure_step_costs`], with switch costs), per-step [`sensitivity`], the solver
+//!   search ([`solve_budget`], the schedule crate's exact solver with step and switch costs), and
+//!   the check by round-robin timed runs ([`time_plans`]) on a calibration and a held-out batch.
 //!
 //! # Examples
 //!
@@ -42,10 +43,14 @@ mod noise;
 mod plan;
 mod rng;
 mod sampler;
+mod timing;
 mod weights;
 
 pub use backend::QMatrix;
-pub use calibrate::{CostTable, SensitivityTable, measure_costs, sensitivity, solve_budget};
+pub use calibrate::{
+    CalibrationOptions, CalibrationPhase, CalibrationProgress, CalibrationReport, CheckBatch,
+    CheckRow, SensitivityTable, calibrate, sensitivity, solve_budget,
+};
 pub use denoiser::{Blend, Denoiser, Mix, denoise_mix};
 pub use error::{Result, RuntimeError};
 pub use executor::{Executor, RunRecord, StepRecord};
@@ -56,4 +61,7 @@ pub use noise::{karras_sigmas, validate_sigmas};
 pub use plan::{RunPlan, StepResidency};
 pub use rng::SplitMix64;
 pub use sampler::{Sampler, StepBuffers};
+pub use timing::{
+    CostSampling, StepCosts, TimedRun, fp32_trajectory, measure_step_costs, time_plans,
+};
 pub use weights::{ResidentCopy, WeightSet};

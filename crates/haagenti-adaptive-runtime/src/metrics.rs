@@ -51,6 +51,36 @@ pub struct Quality {
     pub psnr_agreeing_db: f64,
 }
 
+impl Quality {
+    /// Quality from the MSE alone, for a model with no modes to compare: PSNR over a range of 2
+    /// (samples in `[-1, 1]`), every sample counted as agreeing.
+    ///
+    /// # Errors
+    ///
+    /// [`RuntimeError::ShapeMismatch`] for samples of different lengths.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use haagenti_adaptive_runtime::Quality;
+    ///
+    /// let q = Quality::from_mse(&[0.0, 0.0], &[0.25, -0.25])?;
+    /// assert_eq!(q.mse, 0.0625);
+    /// assert!((q.psnr_db - 10.0 * 64f64.log10()).abs() < 1e-9);
+    /// # Ok::<(), haagenti_adaptive_runtime::RuntimeError>(())
+    /// ```
+    pub fn from_mse(reference: &[f32], samples: &[f32]) -> Result<Self> {
+        let e = mse(reference, samples)?;
+        let psnr = psnr_from_mse(e, 2.0);
+        Ok(Self {
+            mse: e,
+            psnr_db: psnr,
+            mode_agreement: 1.0,
+            psnr_agreeing_db: psnr,
+        })
+    }
+}
+
 /// Compares `samples` with `reference` (both `batch x d`) under `model`'s components.
 ///
 /// # Errors

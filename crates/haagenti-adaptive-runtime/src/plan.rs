@@ -160,6 +160,36 @@ impl RunPlan {
         })
     }
 
+    /// The run of a schedule as the transition planner makes it: every change of the
+    /// schedule kept (minimum gap 1), blended as the schedule's transition strategy says, the
+    /// weights resident at each step those the plan says (no memory limit). Named after the
+    /// schedule.
+    ///
+    /// # Errors
+    ///
+    /// [`RuntimeError::Schedule`] if the planner rejects the schedule.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use haagenti_adaptive_core::Precision::{FP16, INT8};
+    /// use haagenti_adaptive_runtime::RunPlan;
+    /// use haagenti_adaptive_schedule::{PrecisionSchedule, ProfilePreset, ScheduleConfig};
+    ///
+    /// let config = ScheduleConfig::with_preset(ProfilePreset::Balanced).steps(20);
+    /// let schedule = PrecisionSchedule::generate(config)?;
+    /// let plan = RunPlan::from_schedule(&schedule)?;
+    /// assert_eq!(plan.steps.len(), 20);
+    /// assert_eq!(plan.name, schedule.profile_name);
+    /// # Ok::<(), haagenti_adaptive_runtime::RuntimeError>(())
+    /// ```
+    pub fn from_schedule(schedule: &haagenti_adaptive_schedule::PrecisionSchedule) -> Result<Self> {
+        let tplan = haagenti_adaptive_transition::TransitionPlanner::new(u64::MAX)
+            .with_min_gap(1)
+            .plan_schedule(schedule)?;
+        Self::from_transition_plan(schedule.profile_name.clone(), &tplan)
+    }
+
     /// The main precision of every step.
     pub fn precisions(&self) -> Vec<Precision> {
         self.steps.iter().map(|m| m.precision).collect()

@@ -2,8 +2,9 @@
 
 use haagenti_adaptive_core::Precision::{self, FP16, FP32, INT4, INT8};
 use haagenti_adaptive_runtime::{
-    CostTable, Denoiser, Executor, GmmConfig, GmmModel, RunPlan, Sampler, gaussian_noise,
-    karras_sigmas, measure_costs, mse, quality, sensitivity, solve_budget,
+    CostSampling, Denoiser, Executor, GmmConfig, GmmModel, RunPlan, Sampler, StepCosts,
+    fp32_trajectory, gaussian_noise, karras_sigmas, measure_step_costs, mse, quality, sensitivity,
+    solve_budget,
 };
 use haagenti_adaptive_schedule::solver::SolveOptions;
 
@@ -113,9 +114,10 @@ fn calibration_on_a_tiny_model() {
     // INT4 hurts more than INT8 at the last, low-noise step.
     assert!(table.errors[steps - 1][0] > table.errors[steps - 1][1]);
     // Budget 0 gives FP32 (and zero-error precisions); a huge budget gives the cheapest everywhere.
-    let costs = CostTable {
+    let costs = StepCosts {
         precisions: vec![INT4, INT8, FP16, FP32],
-        seconds: vec![1.0, 2.0, 3.0, 4.0],
+        seconds: vec![vec![1.0, 2.0, 3.0, 4.0]; steps],
+        switch_seconds: vec![0.0; 4],
         batch: 3,
     };
     let two = SolveOptions::default().max_resident(2);
@@ -131,8 +133,23 @@ fn calibration_on_a_tiny_model() {
         vec![INT4; steps]
     );
     // Measured costs: one per precision, positive; what the call loaded is released.
-    let c = measure_costs(&mut m, &x0, 3, 1.0, &[INT4, FP32], 3).unwrap();
-    assert!(c.seconds.iter().all(|&s| s > 0.0));
+    let states = fp32_trajectory(&exec, &mut m, &x0, 3).unwrap();
+    let sampling = CostSampling {
+        probes: 3,
+        rounds: 3,
+    };
+    let c = measure_step_costs(
+        &exec,
+        &mut m,
+        &states,
+        3,
+        &[INT4, FP32],
+        sampling,
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(c.seconds.len(), steps);
+    assert!(c.seconds.iter().flatten().all(|&s| s > 0.0));
     assert_eq!(m.resident_bytes(), 0);
     let q = quality(&m, &table.reference, &table.reference, 3).unwrap();
     assert_eq!(q.mode_agreement, 1.0);
