@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod denoise;
 mod plan;
 mod probe;
 mod quantize;
@@ -29,6 +30,8 @@ enum Command {
     Quantize(quantize::QuantizeArgs),
     /// Report this machine's CPU features and GPU adapters, and the capabilities they give.
     Probe(probe::ProbeArgs),
+    /// Evaluate a pretrained network once on a tensor file and write its output.
+    Denoise(denoise::DenoiseArgs),
     /// Run a denoising loop at several schedules and measure speed, memory and quality.
     Run(run::RunArgs),
 }
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Command::Quantize(args) => quantize::run(args),
         Command::Probe(args) => probe::run(args),
         Command::Run(args) => run::run(args),
+        Command::Denoise(args) => denoise::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

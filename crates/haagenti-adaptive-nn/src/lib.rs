@@ -8,6 +8,8 @@
 //!   ([`layers::Weights`]: load / release / resident bytes), group norm, SiLU, attention, average
 //!   pooling, nearest up-sampling and the Fourier embedding. Norms, softmax and the attention's
 //!   activation-by-activation products run in f32.
+//! - [`tensor_file`] reads and writes safetensors and `.npy` tensors for comparison with other
+//!   runtimes.
 //! - [`TerrainUnet`] is the network, built from the ONNX initializers with the architecture as
 //!   code, and implements the runtime's [`Denoiser`](haagenti_adaptive_runtime::Denoiser).
 //!
@@ -39,6 +41,7 @@ mod error;
 pub mod graph;
 pub mod layers;
 pub mod onnx;
+pub mod tensor_file;
 mod terrain;
 
 pub use error::{NnError, Result};

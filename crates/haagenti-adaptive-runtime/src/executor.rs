@@ -6,7 +6,7 @@ use haagenti_adaptive_core::Precision;
 use serde::{Deserialize, Serialize};
 
 use crate::noise::validate_sigmas;
-use crate::sampler::StepBuffers;
+use crate::sampler::{ConsistencyNoise, StepBuffers};
 use crate::{Blend, Denoiser, Result, RunPlan, RuntimeError, Sampler, denoise_mix};
 
 /// What one step ran at and cost.
@@ -71,6 +71,7 @@ pub struct RunRecord {
 pub struct Executor {
     sampler: Sampler,
     sigmas: Vec<f64>,
+    noise: Option<ConsistencyNoise>,
 }
 
 impl Executor {
@@ -81,7 +82,25 @@ impl Executor {
     /// [`RuntimeError::InvalidSigmas`] for a list [`validate_sigmas`] rejects.
     pub fn new(sampler: Sampler, sigmas: Vec<f64>) -> Result<Self> {
         validate_sigmas(&sigmas)?;
-        Ok(Self { sampler, sigmas })
+        Ok(Self {
+            sampler,
+            sigmas,
+            noise: None,
+        })
+    }
+
+    /// The same executor drawing the consistency sampler's noise from `noise` (step `i` uses
+    /// [`ConsistencyNoise::for_step`]`(i)`, in [`Executor::run`] and [`Executor::advance`] alike).
+    pub fn with_noise(self, noise: ConsistencyNoise) -> Self {
+        Self {
+            noise: Some(noise),
+            ..self
+        }
+    }
+
+    /// The consistency sampler's noise source, if set.
+    pub fn noise(&self) -> Option<ConsistencyNoise> {
+        self.noise
     }
 
     /// The sampler.
@@ -141,6 +160,7 @@ impl Executor {
             let resident_bytes = den.resident_bytes();
             let (sigma, sigma_next) = (self.sigmas[i], self.sigmas[i + 1]);
             let t1 = Instant::now();
+            bufs.set_noise(self.noise.map(|n| n.for_step(i)));
             self.sampler
                 .step(&mut x, sigma, sigma_next, &mut bufs, |xs, s, out| {
                     denoise_mix(den, xs, batch, s, *mix, out, &mut blend_buf)
@@ -197,6 +217,7 @@ impl Executor {
         }
         let mut bufs = StepBuffers::default();
         for (i, &p) in precisions.iter().enumerate().take(to).skip(from) {
+            bufs.set_noise(self.noise.map(|n| n.for_step(i)));
             self.sampler.step(
                 x,
                 self.sigmas[i],
@@ -206,5 +227,49 @@ impl Executor {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use haagenti_adaptive_core::Precision;
+
+    use super::*;
+    use crate::{GmmConfig, GmmModel, gaussian_noise, karras_sigmas};
+
+    #[test]
+    fn consistency_runs_and_branches_draw_the_same_noise() {
+        let mut model = GmmModel::new(GmmConfig {
+            k: 4,
+            d: 32,
+            ..GmmConfig::default()
+        })
+        .unwrap();
+        let sigmas = karras_sigmas(4, 0.002, 80.0, 7.0).unwrap();
+        let noise = ConsistencyNoise {
+            seed: 3,
+            sigma_min: 0.002,
+        };
+        let exec = Executor::new(Sampler::Consistency, sigmas)
+            .unwrap()
+            .with_noise(noise);
+        let x0 = gaussian_noise(2, 32, 80.0, 1);
+        let plan = RunPlan::uniform("fp32", Precision::FP32, 4);
+        let run = exec.run(&mut model, &plan, &x0, 2, |_| {}).unwrap();
+        model.load(Precision::FP32).unwrap();
+        let mut x = x0.clone();
+        exec.advance(&mut model, &mut x, 2, 0, 2, &[Precision::FP32; 4])
+            .unwrap();
+        exec.advance(&mut model, &mut x, 2, 2, 4, &[Precision::FP32; 4])
+            .unwrap();
+        assert_eq!(x, run.samples);
+        // Another seed gives other samples; no noise source is an error.
+        let other = exec
+            .clone()
+            .with_noise(ConsistencyNoise { seed: 4, ..noise });
+        let run2 = other.run(&mut model, &plan, &x0, 2, |_| {}).unwrap();
+        assert_ne!(run2.samples, run.samples);
+        let bare = Executor::new(Sampler::Consistency, exec.sigmas().to_vec()).unwrap();
+        assert!(bare.run(&mut model, &plan, &x0, 2, |_| {}).is_err());
     }
 }

@@ -2,7 +2,8 @@
 //! does to speed, memory and quality.
 //!
 //! - [`Denoiser`]: the model interface (weights held per precision, loaded and dropped on demand).
-//! - [`Sampler`]: Euler, Heun (EDM) and DDIM (`eta = 0`) over any descending sigma list.
+//! - [`Sampler`]: Euler, Heun (EDM) and DDIM (`eta = 0`) over any descending sigma list, and
+//!   consistency models' multistep sampler (noise from a [`ConsistencyNoise`] seed).
 //! - [`RunPlan`] and [`Executor`]: run a whole generation at per-step precisions (with blended
 //!   gradual transitions), recording each step's precision, sigma, time and resident weight bytes.
 //! - [`GmmModel`]: the built-in reference model, the exact denoiser of a Gaussian mixture whose
@@ -60,7 +61,7 @@ pub use metrics::{Quality, mse, psnr_from_mse, quality};
 pub use noise::{karras_sigmas, validate_sigmas};
 pub use plan::{RunPlan, StepResidency};
 pub use rng::SplitMix64;
-pub use sampler::{Sampler, StepBuffers};
+pub use sampler::{ConsistencyNoise, Sampler, StepBuffers};
 pub use timing::{
     CostSampling, StepCosts, TimedRun, fp32_trajectory, measure_step_costs, time_plans,
 };

@@ -1,12 +1,13 @@
 //! Deterministic samplers of the probability-flow ODE, in the sigma (variance-exploding)
-//! parametrisation of Karras et al. (2022): `dx/dsigma = (x - D(x; sigma)) / sigma`.
+//! parametrisation of Karras et al. (2022): `dx/dsigma = (x - D(x; sigma)) / sigma`, and
+//! consistency models' multistep sampler, which adds fresh noise between evaluations.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Result, RuntimeError};
+use crate::{Result, RuntimeError, SplitMix64};
 
 /// A sampler: how one step from `sigma` to `sigma_next` uses the denoiser.
 ///
@@ -19,6 +20,12 @@ use crate::{Result, RuntimeError};
 ///   parametrisation this is algebraically the Euler step (Song et al. 2021, section 4.3; Karras
 ///   et al. 2022, section 3): `x + (sigma_next - sigma)(x - D)/sigma = D + sigma_next/sigma (x - D)`.
 ///   It is computed in its own form, so the two agree to rounding.
+/// - `Consistency`: multistep consistency sampling (Song et al. 2023, Algorithm 1) for a denoiser
+///   that is a consistency function `f(x, sigma)`: `x = f(x, sigma)`, then, unless
+///   `sigma_next = 0`, `x += sqrt(sigma_next² - sigma_min²) z` with `z` standard normal from the
+///   run's [`ConsistencyNoise`] (given through [`StepBuffers::with_noise`]). Starting from
+///   `x_T` at `sigma_max`, the steps over a sigma list ending in 0 are exactly Algorithm 1. With
+///   an ordinary denoiser it is a stochastic "denoise and re-noise" sampler.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Sampler {
@@ -29,6 +36,31 @@ pub enum Sampler {
     Heun,
     /// DDIM, `eta = 0`.
     Ddim,
+    /// Consistency models' multistep sampler.
+    Consistency,
+}
+
+/// Where the consistency sampler's noise comes from: a seed and the model's smallest sigma.
+///
+/// The `z` of step `i` depends only on `seed` and `i` ([`ConsistencyNoise::for_step`]), so a run
+/// and a calibration branch that starts mid-way draw the same noise.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConsistencyNoise {
+    /// The run's seed.
+    pub seed: u64,
+    /// The model's `sigma_min` (`epsilon` in Song et al. 2023).
+    pub sigma_min: f64,
+}
+
+impl ConsistencyNoise {
+    /// The noise of step `i`: its own seed, derived from the run's by a SplitMix64 step.
+    pub fn for_step(self, i: usize) -> Self {
+        let mut rng = SplitMix64::new(self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        Self {
+            seed: rng.next_u64(),
+            ..self
+        }
+    }
 }
 
 impl Sampler {
@@ -49,6 +81,7 @@ impl Sampler {
             Sampler::Euler => "euler",
             Sampler::Heun => "heun",
             Sampler::Ddim => "ddim",
+            Sampler::Consistency => "consistency",
         }
     }
 
@@ -58,7 +91,8 @@ impl Sampler {
     /// # Errors
     ///
     /// [`RuntimeError::InvalidSigmas`] when `sigma` is not positive or `sigma_next` is not in
-    /// `[0, sigma)`, and the denoiser's errors.
+    /// `[0, sigma)`, [`RuntimeError::InvalidPlan`] for a consistency step without noise in `buf`,
+    /// and the denoiser's errors.
     pub fn step<F>(
         self,
         x: &mut [f32],
@@ -92,6 +126,24 @@ impl Sampler {
                     *xv = (f64::from(dv) + r * (f64::from(*xv) - f64::from(dv))) as f32;
                 }
             }
+            Sampler::Consistency => {
+                x.copy_from_slice(&buf.den);
+                if sigma_next > 0.0 {
+                    let noise = buf.noise.ok_or_else(|| {
+                        RuntimeError::InvalidPlan(
+                            "consistency sampling needs a noise source (StepBuffers::with_noise)"
+                                .into(),
+                        )
+                    })?;
+                    let std = (sigma_next * sigma_next - noise.sigma_min * noise.sigma_min)
+                        .max(0.0)
+                        .sqrt();
+                    let mut rng = SplitMix64::new(noise.seed);
+                    for xv in x.iter_mut() {
+                        *xv = (f64::from(*xv) + std * rng.next_normal()) as f32;
+                    }
+                }
+            }
             Sampler::Heun => {
                 buf.deriv.resize(n, 0.0);
                 buf.x2.resize(n, 0.0);
@@ -121,12 +173,30 @@ impl Sampler {
     }
 }
 
-/// Scratch space of [`Sampler::step`], kept between steps to avoid allocations.
+/// Scratch space of [`Sampler::step`], kept between steps to avoid allocations, and the noise of
+/// the step for the consistency sampler.
 #[derive(Clone, Debug, Default)]
 pub struct StepBuffers {
     den: Vec<f32>,
     deriv: Vec<f32>,
     x2: Vec<f32>,
+    noise: Option<ConsistencyNoise>,
+}
+
+impl StepBuffers {
+    /// Buffers whose consistency steps draw `z` from `noise` (used as is: pass
+    /// [`ConsistencyNoise::for_step`] for step-dependent noise).
+    pub fn with_noise(noise: ConsistencyNoise) -> Self {
+        Self {
+            noise: Some(noise),
+            ..Self::default()
+        }
+    }
+
+    /// Sets (or clears) the noise of the next consistency step.
+    pub fn set_noise(&mut self, noise: Option<ConsistencyNoise>) {
+        self.noise = noise;
+    }
 }
 
 impl fmt::Display for Sampler {
@@ -143,8 +213,9 @@ impl FromStr for Sampler {
             "euler" => Ok(Sampler::Euler),
             "heun" => Ok(Sampler::Heun),
             "ddim" => Ok(Sampler::Ddim),
+            "consistency" => Ok(Sampler::Consistency),
             _ => Err(RuntimeError::InvalidPlan(format!(
-                "unknown sampler {s:?} (expected euler, heun or ddim)"
+                "unknown sampler {s:?} (expected euler, heun, ddim or consistency)"
             ))),
         }
     }
@@ -176,6 +247,58 @@ mod tests {
             sampler.step(&mut x, w[0], w[1], &mut buf, single).unwrap();
         }
         f64::from(x[0])
+    }
+
+    #[test]
+    fn consistency_step_denoises_then_renoises_to_the_next_sigma() {
+        let n = 20_000;
+        let constant = |_: &[f32], _: f64, out: &mut [f32]| {
+            out.fill(0.75);
+            Ok(())
+        };
+        let noise = ConsistencyNoise {
+            seed: 7,
+            sigma_min: 0.5,
+        };
+        let mut x = vec![3.0f32; n];
+        let mut buf = StepBuffers::with_noise(noise);
+        Sampler::Consistency
+            .step(&mut x, 10.0, 1.3, &mut buf, constant)
+            .unwrap();
+        let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64;
+        let var = x
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / n as f64;
+        // x = 0.75 + sqrt(1.3² - 0.5²) z = 0.75 + 1.2 z.
+        assert!((mean - 0.75).abs() < 0.03, "{mean}");
+        assert!((var.sqrt() - 1.2).abs() < 0.03, "{}", var.sqrt());
+        // The same noise gives the same samples; the last step to 0 returns f exactly.
+        let mut again = vec![3.0f32; n];
+        Sampler::Consistency
+            .step(
+                &mut again,
+                10.0,
+                1.3,
+                &mut StepBuffers::with_noise(noise),
+                constant,
+            )
+            .unwrap();
+        assert_eq!(x, again);
+        Sampler::Consistency
+            .step(&mut x, 1.3, 0.0, &mut buf, constant)
+            .unwrap();
+        assert!(x.iter().all(|&v| v == 0.75));
+        assert_ne!(noise.for_step(0), noise.for_step(1));
+        assert!(matches!(
+            Sampler::Consistency.step(&mut x, 2.0, 1.0, &mut StepBuffers::default(), constant),
+            Err(RuntimeError::InvalidPlan(_))
+        ));
+        assert_eq!(
+            "consistency".parse::<Sampler>().unwrap(),
+            Sampler::Consistency
+        );
     }
 
     fn exact(x0: f64, sigma0: f64, sigma: f64) -> f64 {

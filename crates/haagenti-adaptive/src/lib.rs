@@ -58,6 +58,8 @@
 pub use haagenti_adaptive_core as core;
 /// Quantization kernels: GGUF block formats, f16/bf16, quantized matmul, GGUF files, checkpoints.
 pub use haagenti_adaptive_kernels as kernels;
+/// Neural-network layers, the ONNX reader and the terrain UNet.
+pub use haagenti_adaptive_nn as nn;
 /// Hardware probing: CPU features and every wgpu adapter.
 pub use haagenti_adaptive_probe as probe;
 /// The denoising runtime: samplers, the reference model, residency, calibration.
