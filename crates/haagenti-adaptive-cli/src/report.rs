@@ -311,6 +311,20 @@ fn speed_quality_plot(path: &Path, out: &RunOutput) -> PlotResult {
     Ok(())
 }
 
+/// Makes sure the report can be written into `dir` before any work: creates it, and writes and
+/// removes a probe file there, so that an unwritable folder fails in the first second of a run
+/// rather than after it, with every figure lost.
+pub(crate) fn prepare(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(format!(".haagenti-report-probe.{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)?;
+    Ok(())
+}
+
 /// Writes `report.md`, `precision.svg`, `sensitivity.svg` and `speed_quality.svg` into `dir`.
 pub(crate) fn write(dir: &Path, out: &RunOutput) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;

@@ -149,6 +149,10 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
     .check()
     .context("run too large")?;
     let sampler: Sampler = args.sampler.parse().context("bad --sampler")?;
+    if let Some(dir) = &args.report {
+        report::prepare(dir)
+            .with_context(|| format!("--report {} cannot be written", dir.display()))?;
+    }
     if let Some(b) = args.budget
         && !(b.is_finite() && b >= 0.0)
     {

@@ -143,3 +143,34 @@ fn max_resident_one_gives_a_uniform_calibrated_schedule() {
     assert_eq!(sched.len(), 6);
     assert!(sched.iter().all(|p| p == &sched[0]), "{sched:?}");
 }
+
+#[test]
+fn an_unwritable_report_folder_fails_before_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a folder").unwrap();
+    // The default model would run for many seconds; the check must come first.
+    for report in [file.clone(), file.join("below")] {
+        let started = std::time::Instant::now();
+        let out = bin()
+            .arg("run")
+            .arg("--report")
+            .arg(&report)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{}", report.display());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--report"), "{err}");
+        assert!(
+            out.stdout.is_empty(),
+            "the run started: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            started.elapsed().as_secs() < 20,
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a folder");
+}

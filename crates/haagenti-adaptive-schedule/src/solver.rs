@@ -94,7 +94,8 @@ pub const MAX_STATE_STEPS: usize = 1 << 24;
 /// state's Pareto front is thinned to `MAX_PARETO_LABELS / (steps x states)` labels (at least
 /// two: the cheapest and the least-error), which keeps the memory linear in the steps. Below the
 /// limit the result is exact; above it, it still meets every constraint but may cost more than
-/// the optimum. A 5 000-step table of four precisions keeps up to 419 labels a state.
+/// the optimum. Past `MAX_PARETO_LABELS / 2` states a step the two-label floor takes over, so
+/// the arena stays below `2 x MAX_STATE_STEPS` labels. A 5 000-step table of four precisions keeps up to 419 labels a state.
 pub const MAX_PARETO_LABELS: usize = 1 << 23;
 
 fn err(msg: impl Into<String>) -> AdaptiveError {
@@ -688,17 +689,6 @@ pub fn solve(table: &ErrorTable, options: &SolveOptions, bound: &ErrorBound) -> 
         ErrorBound::Total(b) => Mode::Pareto { budget: *b },
         _ => Mode::Lexicographic,
     };
-    let states = steps
-        .checked_mul(k)
-        .and_then(|n| n.checked_mul(problem.gap.min(steps)))
-        .filter(|&n| n <= MAX_LABELS);
-    if states.is_none() {
-        return Err(err(format!(
-            "{steps} steps x {k} precisions x min_gap {} is more dynamic-programming states \
-             than the solver's limit of {MAX_LABELS}",
-            problem.gap.min(steps)
-        )));
-    }
     if let Some(best) = problem.best_over_subsets(&candidates, k, mode, Objective::Cost)? {
         return Ok(best);
     }
@@ -710,13 +700,6 @@ pub fn solve(table: &ErrorTable, options: &SolveOptions, bound: &ErrorBound) -> 
         bound,
     )?))
 }
-
-/// The most partial assignments the solver keeps at once (each 32 bytes, so at most 128 MiB).
-///
-/// The per-step-bound solve keeps `steps x precisions x min(min_gap, steps)` of them, which
-/// [`solve`] checks before it allocates; the total-budget solve keeps a Pareto front a state,
-/// and stops with an error if the fronts together outgrow this.
-pub const MAX_LABELS: usize = 1 << 22;
 
 fn list(ps: &[Precision]) -> String {
     ps.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
@@ -996,12 +979,6 @@ impl Problem<'_> {
                         }
                     }
                 }
-            }
-            if arena.len() > MAX_LABELS {
-                return Err(err(format!(
-                    "the solver's Pareto fronts outgrew its limit of {MAX_LABELS} partial \
-                     assignments at step {i} of {steps}"
-                )));
             }
         }
         let mut best: Option<Label> = None;
