@@ -308,7 +308,14 @@ fn error_tables_are_solved_within_the_budget() {
     // Total bound 0.1, min gap 2: INT4 0-4, INT8 5-6, FP16 7-9. Errors
     // 0.001 + 0.002 + 0.004 + 0.01 + 0.03 + 0.01 + 0.02 + 0.001 + 0.002 + 0.004 = 0.084,
     // cost 5 * 0.25 + 2 * 0.5 + 3 * 1 = 5.25, FP32 10 * 2 = 20: speedup 3.81.
-    let text = stdout(&plan(&["--error-table", TABLE, "--budget", "0.1"]));
+    let text = stdout(&plan(&[
+        "--error-table",
+        TABLE,
+        "--budget",
+        "0.1",
+        "--min-gap",
+        "2",
+    ]));
     assert!(text.contains("INT4 0-4 | INT8 5-6 | FP16 7-9"), "{text}");
     assert!(text.contains("predicted cost 5.250000"), "{text}");
     assert!(text.contains("predicted error 0.084000"), "{text}");
@@ -324,6 +331,8 @@ fn error_tables_are_solved_within_the_budget() {
         TABLE,
         "--budget",
         "0.1",
+        "--min-gap",
+        "2",
         "--json",
     ]));
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
