@@ -146,6 +146,13 @@ fn fp32_and_every_precision_match_onnxruntime() {
         (Precision::INT8, 0.4, 0.25),
         (Precision::INT4, 1.5, 0.5),
     ] {
+        // On the scalar oracle (CI's second pass) a call is ~7x slower: FP32 and one block
+        // format cover both of its matmul families there.
+        if haagenti_adaptive_kernels::dispatch::force_scalar()
+            && !matches!(p, Precision::FP32 | Precision::INT8)
+        {
+            continue;
+        }
         unet.load(p).unwrap();
         let got = unet.forward(&f.noisy, &f.sigma, &f.difficulty, p).unwrap();
         unet.release(p);
