@@ -171,10 +171,9 @@ pub(crate) fn release<D: Denoiser + ?Sized>(den: &mut D, precisions: &[Precision
 /// How [`measure_step_costs`] samples.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CostSampling {
-    /// Steps timed; the others get costs interpolated linearly between them (a step's cost
-    /// hardly moves with the noise level; its evaluations per step are the same between probes).
+    /// Steps at which the switch cost is timed, spread over the run.
     pub probes: usize,
-    /// Timings of each probe at each precision; the median is kept.
+    /// Timed rounds of the whole uniform runs and of the switch probes; medians are kept.
     pub rounds: usize,
 }
 
@@ -188,16 +187,25 @@ impl Default for CostSampling {
     }
 }
 
-/// Measures [`StepCosts`] at `precisions` from real executor steps on states of `trajectory`
-/// (as [`fp32_trajectory`] returns: the model's own states, so the timed data is what a run
-/// sees).
+/// Measures [`StepCosts`] at `precisions` from real executor steps (`trajectory` is what
+/// [`fp32_trajectory`] returns: the model's own states).
 ///
-/// A probe of step `i` runs step `i - 1` at `p` from the trajectory's state before it (untimed
-/// for the warm cost, timed for the cold one, since it follows another precision's step) and
-/// then times step `i` at `p` on the result: a step after a step at its own precision, with new
-/// data, as in a run. Precisions and probes take turns in each round so that load from other
-/// processes falls on all alike. `on_progress(done, total)` is called after each probe of a
-/// round. Precisions not resident are loaded for the measurement and released after.
+/// A step's cost is timed as [`time_plans`] times a run: whole uniform runs at each precision
+/// from the trajectory's first state, the precisions taking turns for `rounds` rounds after one
+/// untimed warm-up round, and each step's median over the rounds. Timing steps in isolation
+/// instead (a step, then the next from a stored state) measured a different regime: at steps of
+/// well under a millisecond its figures moved by 60 % from one process to the next, while whole
+/// runs moved by a few per cent, so predictions built on them missed the runs they predicted.
+///
+/// The switch cost is the median extra time of a step that follows a step at another precision:
+/// at `probes` steps spread over the run, step `i - 1` runs at `p` from the trajectory's state
+/// (timed: cold, after the previous precision's step) and then step `i` at `p` (timed: warm).
+/// A run's first step pays the switch cost in [`StepCosts::predict`], so `seconds[0]` is the
+/// measured first step less it.
+///
+/// `on_progress(done, total)` is called after each probe round and each run. Precisions not
+/// resident are loaded for the measurement and released after; those resident before are
+/// resident after.
 ///
 /// # Errors
 ///
@@ -232,6 +240,12 @@ where
         check_samples(den, state, batch, "trajectory state")?;
     }
     let probes = probe_steps(steps, sampling.probes);
+    let total = sampling.rounds * (probes.len() + precisions.len()) + precisions.len();
+    let mut done = 0;
+    let mut progress = |_: usize, _: usize| {
+        done += 1;
+        on_progress(done, total);
+    };
     let loaded = load_missing(den, precisions)?;
     let timed = time_probes(
         exec,
@@ -241,19 +255,53 @@ where
         precisions,
         &probes,
         sampling,
-        &mut on_progress,
+        &mut progress,
     );
     release(den, &loaded);
     let (warm, cold) = timed?;
-    let switch_seconds = (0..precisions.len())
+    let switch_seconds: Vec<f64> = (0..precisions.len())
         .map(|j| {
-            let extra: f64 = warm.iter().zip(&cold).map(|(w, c)| c[j] - w[j]).sum();
-            (extra / warm.len() as f64).max(0.0)
+            let extra: Vec<f64> = warm.iter().zip(&cold).map(|(w, c)| c[j] - w[j]).collect();
+            median(extra).max(0.0)
         })
         .collect();
+
+    // Whole runs load what they use and release it at their end: restore what was resident.
+    let uniform: Vec<RunPlan> = precisions
+        .iter()
+        .map(|&p| RunPlan::uniform(p.to_string(), p, steps))
+        .collect();
+    let refs: Vec<&RunPlan> = uniform.iter().collect();
+    let runs =
+        time_plans(exec, den, &refs, &trajectory[0], batch, 1, &mut progress).and_then(|_| {
+            time_plans(
+                exec,
+                den,
+                &refs,
+                &trajectory[0],
+                batch,
+                sampling.rounds,
+                &mut progress,
+            )
+        });
+    let was_resident: Vec<Precision> = precisions
+        .iter()
+        .copied()
+        .filter(|p| !loaded.contains(p))
+        .collect();
+    for &p in &was_resident {
+        den.load(p)?;
+    }
+    let runs = runs?;
+    let mut seconds: Vec<Vec<f64>> = (0..steps)
+        .map(|i| runs.iter().map(|r| r.step_seconds[i]).collect())
+        .collect();
+    for (first, switch) in seconds[0].iter_mut().zip(&switch_seconds) {
+        *first = (*first - switch).max(0.0);
+    }
     Ok(StepCosts {
         precisions: precisions.to_vec(),
-        seconds: (0..steps).map(|i| interpolate(&probes, &warm, i)).collect(),
+        seconds,
         switch_seconds,
         batch,
     })
@@ -331,26 +379,6 @@ where
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-/// The costs at step `i`, linear between the probes around it (`probes` ascending, not empty).
-fn interpolate(probes: &[usize], costs: &[Vec<f64>], i: usize) -> Vec<f64> {
-    let after = probes.partition_point(|&p| p < i).min(probes.len() - 1);
-    let before = if probes[after] <= i || after == 0 {
-        after
-    } else {
-        after - 1
-    };
-    let (p0, p1) = (probes[before], probes[after]);
-    if p0 == p1 {
-        return costs[before].clone();
-    }
-    let f = (i - p0) as f64 / (p1 - p0) as f64;
-    costs[before]
-        .iter()
-        .zip(&costs[after])
-        .map(|(a, b)| a + f * (b - a))
-        .collect()
 }
 
 /// A plan's runs, timed by [`time_plans`].
@@ -436,18 +464,6 @@ fn summarise(mut plan_runs: Vec<RunRecord>) -> TimedRun {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn interpolation_is_exact_at_probes_and_linear_between() {
-        let probes = [0, 4, 9];
-        let costs = vec![vec![1.0, 10.0], vec![3.0, 10.0], vec![8.0, 0.0]];
-        assert_eq!(interpolate(&probes, &costs, 0), [1.0, 10.0]);
-        assert_eq!(interpolate(&probes, &costs, 4), [3.0, 10.0]);
-        assert_eq!(interpolate(&probes, &costs, 9), [8.0, 0.0]);
-        assert_eq!(interpolate(&probes, &costs, 2), [2.0, 10.0]);
-        assert_eq!(interpolate(&probes, &costs, 6), [5.0, 6.0]);
-        assert_eq!(interpolate(&[3], &[vec![7.0]], 0), [7.0]);
-    }
 
     #[test]
     fn probes_follow_a_step_and_spread_over_the_run() {

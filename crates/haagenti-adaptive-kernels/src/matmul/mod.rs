@@ -49,6 +49,35 @@ pub enum Parallelism {
     None,
 }
 
+impl Parallelism {
+    /// Below this many multiply-adds a product runs on the calling thread: waking a sleeping
+    /// pool thread costs tens of microseconds, and far more under a hypervisor, where it
+    /// varies from call to call. Measured in the runtime's denoising loops (2 threads, an idle
+    /// pool between calls), products of ~2 M multiply-adds ran 1.3x slower and ±40 % less
+    /// predictably on two threads than on one.
+    pub const MIN_PARALLEL_MACS: usize = 1 << 22;
+
+    /// `self`, or [`Parallelism::None`] for work of fewer than [`Self::MIN_PARALLEL_MACS`]
+    /// multiply-adds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use haagenti_adaptive_kernels::Parallelism;
+    ///
+    /// assert_eq!(Parallelism::Rayon.for_work(1 << 10), Parallelism::None);
+    /// assert_eq!(Parallelism::Rayon.for_work(1 << 30), Parallelism::Rayon);
+    /// ```
+    #[must_use]
+    pub fn for_work(self, macs: usize) -> Self {
+        if macs < Self::MIN_PARALLEL_MACS {
+            Self::None
+        } else {
+            self
+        }
+    }
+}
+
 /// `out[m x n] = x[m x k] · w[n x k]ᵀ`, where `w` has `n` rows of `k` values in any [`Format`].
 ///
 /// `x` and `out` are row-major. For block formats (Q8_0, Q4_0, Q4_1) the activation rows are
@@ -126,6 +155,7 @@ pub fn matmul_acc(
     if shape.m == 0 || shape.n == 0 {
         return Ok(());
     }
+    let par = par.for_work(shape.m * shape.n * shape.k);
     if shape.k == 0 {
         epilogue_zero(out, beta);
         return Ok(());
