@@ -35,9 +35,8 @@ const USAGE: &str = "usage:
   cargo xtask fuzz TARGET [--seconds N] [--jobs J]
   cargo xtask fuzz ci [--seconds N]";
 
-/// The fuzz targets of `fuzz/Cargo.toml`, with what each feeds arbitrary bytes to. Still to come
-/// when their readers exist: the ONNX reader and `denoise`'s tensor-file reader.
-const FUZZ_TARGETS: [(&str, &str); 5] = [
+/// The fuzz targets of `fuzz/Cargo.toml`, with what each feeds arbitrary bytes to.
+const FUZZ_TARGETS: [(&str, &str); 7] = [
     (
         "safetensors_quantize",
         "a safetensors checkpoint through quantize_checkpoint, the GGUF read back",
@@ -52,6 +51,14 @@ const FUZZ_TARGETS: [(&str, &str); 5] = [
         "the --noise SPEC parser and the sigmas it gives",
     ),
     ("gmm_spec", "the --model gmm:k=..,d=.. parser"),
+    (
+        "onnx_read",
+        "OnnxModel::decode, every initializer, and the terrain UNet's graph walks",
+    ),
+    (
+        "tensor_file",
+        "denoise's tensor-file reader: .npy and safetensors (named or not)",
+    ),
 ];
 
 fn main() -> anyhow::Result<()> {

@@ -192,7 +192,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
     // The judge of quality (nearest mixture component): the model's means, no weights loaded.
     let judge = model.clone();
     let d = config.d;
-    let x0 = gaussian_noise(args.batch, d, KARRAS_SIGMA_MAX, args.seed);
+    let x0 = gaussian_noise(args.batch, d, KARRAS_SIGMA_MAX, args.seed)?;
 
     let mut plans: Vec<RunPlan> = Vec::new();
     for name in &wanted {
@@ -211,8 +211,8 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut calibration = None;
     if wanted.iter().any(|n| n == "calibrated") {
         let cb = args.calibration_batch;
-        let xc = gaussian_noise(cb, d, KARRAS_SIGMA_MAX, args.seed.wrapping_add(1));
-        let xh = gaussian_noise(cb, d, KARRAS_SIGMA_MAX, args.seed.wrapping_add(2));
+        let xc = gaussian_noise(cb, d, KARRAS_SIGMA_MAX, args.seed.wrapping_add(1))?;
+        let xh = gaussian_noise(cb, d, KARRAS_SIGMA_MAX, args.seed.wrapping_add(2))?;
         let options = CalibrationOptions {
             budget: args.budget,
             baselines: ProfilePreset::all()

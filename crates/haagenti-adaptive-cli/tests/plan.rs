@@ -565,3 +565,63 @@ fn probed_capabilities_schedule_for_this_machine() {
     assert!(caps["vram_mb"].as_u64().unwrap() > 0, "{caps}");
     fails_with(&plan(&["--capabilities", "tpu"]), "--capabilities");
 }
+
+/// `plan ARGS` killed after 30 s, so an input that blocks or reads forever fails the test
+/// instead of hanging it.
+fn plan_within_30s(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_haagenti-adaptive"))
+        .arg("plan")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(30) {
+            child.kill().unwrap();
+            panic!("plan {args:?} still running after 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[cfg(unix)]
+#[test]
+fn devices_fifos_directories_and_oversized_files_as_inputs_fail_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("profile.json");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let fifo = fifo.to_str().unwrap();
+    let folder = dir.path().to_str().unwrap();
+    // 16 MiB + 1 byte, sparse: one byte past the cap of every JSON input.
+    let big = dir.path().join("big.json");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len((16 << 20) + 1)
+        .unwrap();
+    let big = big.to_str().unwrap();
+    for flag in ["--profile", "--noise-profile", "--error-table"] {
+        // An error table needs a budget to be read at all.
+        let with = |path: &str| -> Vec<String> {
+            let mut args = vec![flag.to_owned(), path.to_owned()];
+            if flag == "--error-table" {
+                args.extend(["--budget".to_owned(), "1".to_owned()]);
+            }
+            args
+        };
+        let cases = [
+            // `/dev/zero` reads without end, a FIFO blocks until a writer comes.
+            ("/dev/zero", "/dev/zero is a device, not a regular file"),
+            (fifo, "is a FIFO, not a regular file"),
+            (folder, "is a directory, not a regular file"),
+            (big, "is 16777217 bytes, more than the limit of 16777216 bytes"),
+        ];
+        for (path, expect) in cases {
+            let args = with(path);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            fails_with(&plan_within_30s(&args), expect);
+        }
+    }
+}

@@ -172,7 +172,7 @@ impl<'a> GraphReader<'a> {
     ///
     /// [`NnError::Model`] when no such pattern is within reach.
     pub(crate) fn group_norm_before(&mut self, weight: &str) -> Result<FoundGroupNorm> {
-        let start = self.node_with_weight(weight)?.inputs[0].clone();
+        let start = self.node_with_weight(weight)?.input(0)?.to_owned();
         let mut queue = VecDeque::from([start]);
         let mut visited = 0;
         while let Some(value) = queue.pop_front() {
@@ -218,16 +218,16 @@ impl<'a> GraphReader<'a> {
             .inputs
             .iter()
             .find_map(|i| self.producer_op(i, "Reshape"))
-            .and_then(|r| self.producer_op(&r.inputs[0], "InstanceNormalization"))
+            .and_then(|r| self.producer_op(r.inputs.first()?, "InstanceNormalization"))
         else {
             return Ok(None);
         };
         let grouping = self
-            .producer_op(&norm.inputs[0], "Reshape")
+            .producer_op(norm.input(0)?, "Reshape")
             .ok_or_else(|| {
                 NnError::Model("InstanceNormalization without a group reshape".into())
             })?;
-        let shape = self.take_i64(&grouping.inputs[1])?;
+        let shape = self.take_i64(grouping.input(1)?)?;
         let groups = match shape.as_slice() {
             [0, g, -1] if *g > 0 => *g as usize,
             other => {
@@ -238,8 +238,8 @@ impl<'a> GraphReader<'a> {
             Some(Attribute::Float(e)) => *e,
             _ => 1e-5,
         };
-        let (_, group_scale) = self.take(&norm.inputs[1])?;
-        let (_, group_bias) = self.take(&norm.inputs[2])?;
+        let (_, group_scale) = self.take(norm.input(1)?)?;
+        let (_, group_bias) = self.take(norm.input(2)?)?;
         let (_, gamma) = self.take(gamma_name)?;
         let (_, beta) = self.take(beta_name)?;
         if group_scale.len() != groups || group_bias.len() != groups || gamma.len() != beta.len() {

@@ -50,13 +50,17 @@ impl Weights {
     /// # Errors
     ///
     /// [`NnError::ShapeMismatch`] when `master.len() != n * k`, [`NnError::Model`] for a
-    /// non-finite value.
+    /// non-finite value or an `n * k` that overflows.
     pub fn new(name: impl Into<String>, n: usize, k: usize, master: Vec<f32>) -> Result<Self> {
         let name = name.into();
-        if master.len() != n * k {
+        // An overflowing n * k is refused rather than wrapped onto some buffer's length.
+        let expected = n.checked_mul(k).ok_or_else(|| {
+            NnError::Model(format!("{name}: a {n} x {k} weight matrix overflows"))
+        })?;
+        if master.len() != expected {
             return Err(NnError::ShapeMismatch {
                 what: "weight matrix",
-                expected: n * k,
+                expected,
                 actual: master.len(),
             });
         }
@@ -227,7 +231,8 @@ impl Conv2d {
     ///
     /// # Errors
     ///
-    /// [`NnError::Model`] for a non-square or even kernel, or a bias of the wrong length.
+    /// [`NnError::Model`] for a non-square or even kernel, a bias of the wrong length, or
+    /// weights whose count is not the shape's.
     pub fn from_oihw(name: &str, dims: &[usize], oihw: &[f32], bias: Vec<f32>) -> Result<Self> {
         let &[o, i, kh, kw] = dims else {
             return Err(NnError::Model(format!(
@@ -238,6 +243,17 @@ impl Conv2d {
             return Err(NnError::Model(format!(
                 "{name}: conv weight {dims:?} with bias of {}",
                 bias.len()
+            )));
+        }
+        // The values must be exactly the shape's before the reordered copy is allocated and
+        // indexed: the dims come from a file.
+        let len = [o, i, kh, kw]
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d));
+        if len != Some(oihw.len()) {
+            return Err(NnError::Model(format!(
+                "{name}: conv weight shape {dims:?} for {} values",
+                oihw.len()
             )));
         }
         let k = kh * kw * i;

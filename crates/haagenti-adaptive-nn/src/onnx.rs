@@ -96,6 +96,10 @@ const DATA_TYPE_INT64: i32 = 7;
 /// `TensorProto.DataLocation.EXTERNAL`: weights in a side file, which this reader does not follow.
 const DATA_LOCATION_EXTERNAL: i32 = 1;
 
+/// The largest ONNX file [`OnnxModel::read`] reads: 2 GiB, protobuf's own limit for one message
+/// (larger models keep their weights in external files, which this reader refuses anyway).
+pub const MAX_ONNX_BYTES: u64 = 2 << 30;
+
 /// The values of an initializer.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TensorData {
@@ -144,6 +148,39 @@ pub struct Node {
     pub attributes: HashMap<String, Attribute>,
 }
 
+impl Node {
+    /// The name of input `i`: a graph from a file may have fewer inputs than its operator needs.
+    ///
+    /// # Errors
+    ///
+    /// [`NnError::Model`] when the node has no input `i`.
+    pub fn input(&self, i: usize) -> Result<&str> {
+        self.inputs
+            .get(i)
+            .map(String::as_str)
+            .ok_or_else(|| self.missing("input", i))
+    }
+
+    /// The name of output `i`.
+    ///
+    /// # Errors
+    ///
+    /// [`NnError::Model`] when the node has no output `i`.
+    pub fn output(&self, i: usize) -> Result<&str> {
+        self.outputs
+            .get(i)
+            .map(String::as_str)
+            .ok_or_else(|| self.missing("output", i))
+    }
+
+    fn missing(&self, what: &str, i: usize) -> NnError {
+        NnError::Model(format!(
+            "{} {} has no {what} {i}",
+            self.op_type, self.name
+        ))
+    }
+}
+
 /// A decoded ONNX model: the graph in file order and its initializers by name.
 #[derive(Clone, Debug)]
 pub struct OnnxModel {
@@ -162,12 +199,15 @@ impl OnnxModel {
     ///
     /// # Errors
     ///
-    /// [`NnError::Io`] when the file cannot be read, [`NnError::Onnx`] when it is not a valid
-    /// ONNX model with the tensor types read here.
+    /// [`NnError::Io`] when the file cannot be read, is not a regular file (a FIFO would block,
+    /// a device would read without end) or is larger than [`MAX_ONNX_BYTES`];
+    /// [`NnError::Onnx`] when it is not a valid ONNX model with the tensor types read here.
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| NnError::Io {
-            path: path.display().to_string(),
-            message: e.to_string(),
+        let bytes = haagenti_adaptive_kernels::io::read_capped(path, MAX_ONNX_BYTES).map_err(|e| {
+            NnError::Io {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            }
         })?;
         Self::decode(&bytes)
     }
@@ -177,7 +217,20 @@ impl OnnxModel {
     /// # Errors
     ///
     /// [`NnError::Onnx`] for bytes that are not an ONNX model, an initializer whose type is not
-    /// float or int64, or whose length disagrees with its shape.
+    /// float or int64, whose shape's element count overflows, or whose length disagrees with its
+    /// shape. Nothing is allocated for a shape before its values are known to be in the bytes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use haagenti_adaptive_nn::{NnError, onnx::OnnxModel};
+    ///
+    /// // Field 7 (the graph), length 0: an empty graph.
+    /// let model = OnnxModel::decode(&[0x3a, 0x00])?;
+    /// assert!(model.nodes.is_empty() && model.initializers.is_empty());
+    /// assert!(matches!(OnnxModel::decode(&[0xff; 3]), Err(NnError::Onnx(_))));
+    /// # Ok::<(), NnError>(())
+    /// ```
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         let model = <ModelProto as prost::Message>::decode(bytes)
             .map_err(|e| NnError::Onnx(format!("not an ONNX model: {e}")))?;
@@ -246,24 +299,58 @@ fn initializer(t: TensorProto) -> Result<Initializer> {
         .map(|&d| usize::try_from(d))
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|_| NnError::Onnx(format!("initializer {} has a negative dimension", t.name)))?;
-    let len: usize = dims.iter().product();
+    // Checked: the dims are the file's, and a wrapped product could match a short buffer.
+    let len = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| {
+            NnError::Onnx(format!(
+                "initializer {} has shape {dims:?}, whose element count overflows",
+                t.name
+            ))
+        })?;
+    // The stored length is compared with the shape before any conversion allocates.
+    let mismatch = |actual: usize| {
+        NnError::Onnx(format!(
+            "initializer {} has {actual} values for shape {dims:?}",
+            t.name
+        ))
+    };
     let data = match t.data_type {
-        DATA_TYPE_FLOAT => TensorData::F32(if t.raw_data.is_empty() {
-            t.float_data
-        } else {
-            t.raw_data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
-        }),
-        DATA_TYPE_INT64 => TensorData::I64(if t.raw_data.is_empty() {
-            t.int64_data
-        } else {
-            t.raw_data
-                .chunks_exact(8)
-                .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
-                .collect()
-        }),
+        DATA_TYPE_FLOAT if t.raw_data.is_empty() => {
+            if t.float_data.len() != len {
+                return Err(mismatch(t.float_data.len()));
+            }
+            TensorData::F32(t.float_data)
+        }
+        DATA_TYPE_FLOAT => {
+            if t.raw_data.len() % 4 != 0 || t.raw_data.len() / 4 != len {
+                return Err(raw_mismatch(&t.name, t.raw_data.len(), 4, &dims));
+            }
+            TensorData::F32(
+                t.raw_data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            )
+        }
+        DATA_TYPE_INT64 if t.raw_data.is_empty() => {
+            if t.int64_data.len() != len {
+                return Err(mismatch(t.int64_data.len()));
+            }
+            TensorData::I64(t.int64_data)
+        }
+        DATA_TYPE_INT64 => {
+            if t.raw_data.len() % 8 != 0 || t.raw_data.len() / 8 != len {
+                return Err(raw_mismatch(&t.name, t.raw_data.len(), 8, &dims));
+            }
+            TensorData::I64(
+                t.raw_data
+                    .chunks_exact(8)
+                    .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                    .collect(),
+            )
+        }
         other => {
             return Err(NnError::Onnx(format!(
                 "initializer {} has data type {other}; only float (1) and int64 (7) are read",
@@ -271,17 +358,13 @@ fn initializer(t: TensorProto) -> Result<Initializer> {
             )));
         }
     };
-    let actual = match &data {
-        TensorData::F32(v) => v.len(),
-        TensorData::I64(v) => v.len(),
-    };
-    if actual != len {
-        return Err(NnError::Onnx(format!(
-            "initializer {} has {actual} values for shape {dims:?}",
-            t.name
-        )));
-    }
     Ok(Initializer { dims, data })
+}
+
+fn raw_mismatch(name: &str, bytes: usize, size: usize, dims: &[usize]) -> NnError {
+    NnError::Onnx(format!(
+        "initializer {name} has {bytes} raw bytes, not {size} for each value of shape {dims:?}"
+    ))
 }
 
 #[cfg(test)]

@@ -290,7 +290,7 @@ fn res_block(r: &mut GraphReader<'_>, prefix: &str, resample: Resample) -> Resul
         // The graph's Resize scales must be the 2x nearest up-sampling this code does.
         let conv_node = r.node_with_weight(&in_weight)?;
         let resize = r
-            .producer_op(&conv_node.inputs[0], "Resize")
+            .producer_op(conv_node.input(0)?, "Resize")
             .ok_or_else(|| NnError::Model(format!("{prefix}: no Resize before the conv")))?;
         let scales = resize.inputs.get(2).cloned().unwrap_or_default();
         let (_, s) = r.take(&scales)?;
@@ -319,12 +319,12 @@ fn attention_block(r: &mut GraphReader<'_>, prefix: &str) -> Result<AttentionBlo
     let qkv_weight = format!("{prefix}.qkv.weight");
     let norm = group_norm(r.group_norm_before(&qkv_weight)?);
     // qkv conv -> Reshape -> Split -> Mul(q, scale), Mul(k, scale).
-    let qkv_out = r.node_with_weight(&qkv_weight)?.outputs[0].clone();
+    let qkv_out = r.node_with_weight(&qkv_weight)?.output(0)?.to_owned();
     let reshape = r.consumer(&qkv_out, "Reshape")?;
-    let split = r.consumer(&reshape.outputs[0], "Split")?;
+    let split = r.consumer(reshape.output(0)?, "Split")?;
     let mut scales = Vec::new();
-    for part in &split.outputs[..2] {
-        let mul = r.consumer(part, "Mul")?;
+    for part in 0..2 {
+        let mul = r.consumer(split.output(part)?, "Mul")?;
         let name = r.constant_input(mul)?.to_owned();
         scales.push(r.take_scalar(&name)?);
     }
@@ -350,14 +350,14 @@ fn edm_constants(r: &mut GraphReader<'_>) -> Result<(EdmConstants, Vec<f32>)> {
     let name = r.constant_input(sub)?.to_owned();
     let sigma_min = r.take_scalar(&name)?;
     // (sigma - sigma_min) * sigma_data.
-    let mul = r.consumer(&sub.outputs[0], "Mul")?;
+    let mul = r.consumer(sub.output(0)?, "Mul")?;
     let name = r.constant_input(mul)?.to_owned();
     let sigma_data = r.take_scalar(&name)?;
     // sigma_data² added to a squared sigma, and the exponent of that Pow.
     let pow = r.consumer("sigma", "Pow")?;
     let name = r.constant_input(pow)?.to_owned();
     let exponent = r.take_scalar(&name)?;
-    let add = r.consumer(&pow.outputs[0], "Add")?;
+    let add = r.consumer(pow.output(0)?, "Add")?;
     let name = r.constant_input(add)?.to_owned();
     let sd2 = r.take_scalar(&name)?;
     if exponent != 2.0 || (sd2 - sigma_data * sigma_data).abs() > 1e-6 {
@@ -366,19 +366,19 @@ fn edm_constants(r: &mut GraphReader<'_>) -> Result<(EdmConstants, Vec<f32>)> {
         )));
     }
     let log = r.consumer("sigma", "Log")?;
-    let mul = r.consumer(&log.outputs[0], "Mul")?;
+    let mul = r.consumer(log.output(0)?, "Mul")?;
     let name = r.constant_input(mul)?.to_owned();
     let noise_scale = r.take_scalar(&name)?;
-    let unsqueeze = r.consumer(&mul.outputs[0], "Unsqueeze")?;
-    let freq_mul = r.consumer(&unsqueeze.outputs[0], "Mul")?;
+    let unsqueeze = r.consumer(mul.output(0)?, "Unsqueeze")?;
+    let freq_mul = r.consumer(unsqueeze.output(0)?, "Mul")?;
     let name = r.constant_input(freq_mul)?.to_owned();
     let (_, freqs) = r.take(&name)?;
     let output = r.model().outputs.first().cloned().unwrap_or_default();
     let clip = r
         .producer_op(&output, "Clip")
         .ok_or_else(|| NnError::Model("the output is not clipped".into()))?;
-    let clip_min = r.take_scalar(&clip.inputs[1].clone())?;
-    let clip_max = r.take_scalar(&clip.inputs[2].clone())?;
+    let clip_min = r.take_scalar(clip.input(1)?)?;
+    let clip_max = r.take_scalar(clip.input(2)?)?;
     // The scale-shift `1 + scale` adds the same shared constant 1.0 as the clip maximum.
     Ok((
         EdmConstants {

@@ -60,7 +60,7 @@ pub struct RunRecord {
 /// let mut model = GmmModel::new(GmmConfig { k: 16, d: 64, ..GmmConfig::default() })?;
 /// let sigmas = karras_sigmas(6, 0.002, 80.0, 7.0)?;
 /// let exec = Executor::new(Sampler::Euler, sigmas)?;
-/// let x0 = gaussian_noise(2, 64, 80.0, 1);
+/// let x0 = gaussian_noise(2, 64, 80.0, 1)?;
 /// let run = exec.run(&mut model, &RunPlan::uniform("int8", Precision::INT8, 6), &x0, 2, |_| {})?;
 /// assert_eq!(run.steps.len(), 6);
 /// assert!(run.peak_resident_bytes > 0);
@@ -140,13 +140,7 @@ impl Executor {
     {
         plan.validate(self.steps())?;
         let dim = den.dim();
-        if x0.len() != batch * dim {
-            return Err(RuntimeError::ShapeMismatch {
-                what: "initial samples",
-                expected: batch * dim,
-                actual: x0.len(),
-            });
-        }
+        crate::limits::check_len("initial samples", x0.len(), batch, dim)?;
         let mut x = x0.to_vec();
         let mut bufs = StepBuffers::default();
         let mut blend_buf = Vec::new();
@@ -253,7 +247,7 @@ mod tests {
         let exec = Executor::new(Sampler::Consistency, sigmas)
             .unwrap()
             .with_noise(noise);
-        let x0 = gaussian_noise(2, 32, 80.0, 1);
+        let x0 = gaussian_noise(2, 32, 80.0, 1).unwrap();
         let plan = RunPlan::uniform("fp32", Precision::FP32, 4);
         let run = exec.run(&mut model, &plan, &x0, 2, |_| {}).unwrap();
         model.load(Precision::FP32).unwrap();

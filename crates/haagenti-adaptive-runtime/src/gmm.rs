@@ -5,6 +5,7 @@ use std::str::FromStr;
 use haagenti_adaptive_core::Precision;
 use serde::{Deserialize, Serialize};
 
+use crate::limits::{MAX_BATCH_VALUES, check_len, check_limit};
 use crate::rng::SplitMix64;
 use crate::weights::WeightSet;
 use crate::{Denoiser, Result, RuntimeError};
@@ -170,11 +171,42 @@ pub fn smooth_means(k: usize, d: usize, seed: u64) -> Vec<f32> {
 }
 
 /// Seeded Gaussian noise: `batch * dim` values of `sigma * N(0, 1)`.
-pub fn gaussian_noise(batch: usize, dim: usize, sigma: f64, seed: u64) -> Vec<f32> {
+///
+/// # Errors
+///
+/// [`RuntimeError::LimitExceeded`] when `batch * dim` is above [`MAX_BATCH_VALUES`] (or
+/// overflows), before anything is allocated: the sizes are often a user's, and a typo would
+/// otherwise ask the allocator for terabytes and abort the process.
+///
+/// # Examples
+///
+/// ```
+/// use haagenti_adaptive_runtime::{MAX_BATCH_VALUES, RuntimeError, gaussian_noise};
+///
+/// let x = gaussian_noise(2, 3, 1.0, 7)?;
+/// assert_eq!(x.len(), 6);
+/// assert_eq!(x, gaussian_noise(2, 3, 1.0, 7)?); // seeded
+/// assert!(matches!(
+///     gaussian_noise(usize::MAX, 2, 1.0, 7),
+///     Err(RuntimeError::LimitExceeded { .. })
+/// ));
+/// assert!(gaussian_noise(MAX_BATCH_VALUES + 1, 1, 1.0, 7).is_err());
+/// # Ok::<(), RuntimeError>(())
+/// ```
+pub fn gaussian_noise(batch: usize, dim: usize, sigma: f64, seed: u64) -> Result<Vec<f32>> {
+    let len = batch
+        .checked_mul(dim)
+        .filter(|&n| n <= MAX_BATCH_VALUES)
+        .ok_or(RuntimeError::LimitExceeded {
+            what: "noise values (batch x dim)",
+            value: batch as u128 * dim as u128,
+            limit: MAX_BATCH_VALUES as u128,
+            why: "a batch of samples must fit in 2^26 values",
+        })?;
     let mut rng = SplitMix64::new(seed);
-    (0..batch * dim)
+    Ok((0..len)
         .map(|_| (sigma * rng.next_normal()) as f32)
-        .collect()
+        .collect())
 }
 
 /// The exact denoiser of an equal-weight mixture of `k` Gaussians `N(mu_j, s² I)`:
@@ -293,13 +325,7 @@ impl GmmModel {
     /// [`RuntimeError::ShapeMismatch`] when `x` is not `batch * d` long.
     pub fn nearest_components(&self, x: &[f32], batch: usize) -> Result<Vec<usize>> {
         let d = self.config.d;
-        if x.len() != batch * d {
-            return Err(RuntimeError::ShapeMismatch {
-                what: "samples",
-                expected: batch * d,
-                actual: x.len(),
-            });
-        }
+        check_len("samples", x.len(), batch, d)?;
         Ok(x.chunks(d)
             .map(|s| {
                 let mut best = (f64::INFINITY, 0);
@@ -346,14 +372,16 @@ impl Denoiser for GmmModel {
     ) -> Result<()> {
         let (k, d, kp, dp) = (self.config.k, self.config.d, self.kp, self.dp);
         for (what, len) in [("samples", x.len()), ("denoised output", out.len())] {
-            if len != batch * d {
-                return Err(RuntimeError::ShapeMismatch {
-                    what,
-                    expected: batch * d,
-                    actual: len,
-                });
-            }
+            check_len(what, len, batch, d)?;
         }
+        // The scratch holds batch x kp distances: with a small d and a large k that is far more
+        // than the samples, so it gets the run's limit before it is allocated.
+        check_limit(
+            "batch",
+            batch,
+            MAX_BATCH_VALUES / kp.max(dp).max(1),
+            "a batch of samples (batch x max(d, k) values) must fit in 2^26 values",
+        )?;
         if !(sigma.is_finite() && sigma >= 0.0) {
             return Err(RuntimeError::InvalidSigmas(format!(
                 "sigma {sigma} is not finite and non-negative"
@@ -467,7 +495,7 @@ mod tests {
             m.load(Precision::FP32).unwrap();
             let batch = 3;
             for sigma in [80.0f64, 2.0, 0.3, 0.01, 0.0] {
-                let x = gaussian_noise(batch, d, sigma.max(0.5), 11);
+                let x = gaussian_noise(batch, d, sigma.max(0.5), 11).unwrap();
                 let mut out = vec![0f32; batch * d];
                 m.denoise(&x, batch, sigma, Precision::FP32, &mut out)
                     .unwrap();
@@ -491,7 +519,7 @@ mod tests {
             seed: 9,
         };
         let mut m = GmmModel::new(cfg).unwrap();
-        let x = gaussian_noise(4, 256, 1.0, 5);
+        let x = gaussian_noise(4, 256, 1.0, 5).unwrap();
         let r = reference(m.means(), 64, 256, 0.5, &x, 1.0);
         let mut errs = Vec::new();
         for p in [Precision::INT4, Precision::INT8, Precision::FP16] {
@@ -572,5 +600,46 @@ mod tests {
         }
         assert_ne!(m[..64 * 64], m[64 * 64..2 * 64 * 64]);
         assert_eq!(smooth_means(2, 50, 3), smooth_means(2, 50, 3));
+    }
+
+    #[test]
+    fn huge_batches_are_errors_before_any_allocation() {
+        assert!(matches!(
+            gaussian_noise(1 << 40, 1 << 30, 1.0, 1),
+            Err(RuntimeError::LimitExceeded { .. })
+        ));
+        assert!(matches!(
+            gaussian_noise(usize::MAX, usize::MAX, 1.0, 1),
+            Err(RuntimeError::LimitExceeded { .. })
+        ));
+        let cfg = GmmConfig {
+            k: 1 << 16,
+            d: 1,
+            s: 0.5,
+            seed: 1,
+        };
+        let mut m = GmmModel::new(cfg).unwrap();
+        m.load(Precision::FP32).unwrap();
+        // 2^63 x 2 wraps to 0 and would have matched empty buffers.
+        assert!(matches!(
+            m.denoise(&[], 1 << 63, 1.0, Precision::FP32, &mut []),
+            Err(RuntimeError::ShapeMismatch { .. })
+        ));
+        let mut m2 = GmmModel::new(GmmConfig { d: 2, ..cfg }).unwrap();
+        m2.load(Precision::FP32).unwrap();
+        assert!(matches!(
+            m2.denoise(&[], 1 << 63, 1.0, Precision::FP32, &mut []),
+            Err(RuntimeError::ShapeMismatch { .. })
+        ));
+        assert!(m2.nearest_components(&[], 1 << 63).is_err());
+        // 1 025 samples of d = 1 hold 1 025 values, but their 2^16 distances each do not fit.
+        let x = vec![0.5f32; 1025];
+        let mut out = vec![0f32; 1025];
+        assert!(matches!(
+            m.denoise(&x, 1025, 1.0, Precision::FP32, &mut out),
+            Err(RuntimeError::LimitExceeded { what: "batch", .. })
+        ));
+        m.denoise(&x[..1024], 1024, 1.0, Precision::FP32, &mut out[..1024])
+            .unwrap();
     }
 }

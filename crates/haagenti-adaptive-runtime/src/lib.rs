@@ -23,7 +23,7 @@
 //!
 //! let mut model = GmmModel::new(GmmConfig { k: 32, d: 64, ..GmmConfig::default() })?;
 //! let exec = Executor::new(Sampler::Heun, karras_sigmas(8, 0.002, 80.0, 7.0)?)?;
-//! let x0 = gaussian_noise(4, 64, 80.0, 42);
+//! let x0 = gaussian_noise(4, 64, 80.0, 42)?;
 //! let reference = exec.run(&mut model, &RunPlan::uniform("fp32", Precision::FP32, 8), &x0, 4, |_| {})?;
 //! let int8 = exec.run(&mut model, &RunPlan::uniform("int8", Precision::INT8, 8), &x0, 4, |_| {})?;
 //! let q = quality(&model, &reference.samples, &int8.samples, 4)?;

@@ -108,3 +108,16 @@ pub(crate) fn check_limit(
     }
     Ok(())
 }
+
+/// `Err(ShapeMismatch)` unless `actual == batch * dim`; an overflowing product never matches
+/// (wrapped, a huge `batch` could equal a short buffer's length and then index past it).
+pub(crate) fn check_len(what: &'static str, actual: usize, batch: usize, dim: usize) -> Result<()> {
+    if batch.checked_mul(dim) != Some(actual) {
+        return Err(RuntimeError::ShapeMismatch {
+            what,
+            expected: batch.saturating_mul(dim),
+            actual,
+        });
+    }
+    Ok(())
+}

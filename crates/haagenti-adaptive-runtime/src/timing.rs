@@ -133,10 +133,10 @@ pub(crate) fn check_samples<D: Denoiser + ?Sized>(
     batch: usize,
     what: &'static str,
 ) -> Result<()> {
-    if batch == 0 || x.len() != batch * den.dim() {
+    if batch == 0 || batch.checked_mul(den.dim()) != Some(x.len()) {
         return Err(RuntimeError::ShapeMismatch {
             what,
-            expected: batch.max(1) * den.dim(),
+            expected: batch.max(1).saturating_mul(den.dim()),
             actual: x.len(),
         });
     }

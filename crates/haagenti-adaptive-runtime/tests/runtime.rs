@@ -38,7 +38,7 @@ fn executor_records_residency_per_step() {
         &[INT4, INT4, INT8, FP16, FP16],
         &[None, None, None, Some((INT8, 0.5)), None],
     );
-    let x0 = gaussian_noise(2, 64, 80.0, 1);
+    let x0 = gaussian_noise(2, 64, 80.0, 1).unwrap();
     let rec = exec.run(&mut m, &plan, &x0, 2, |_| {}).unwrap();
     let bytes: Vec<usize> = rec.steps.iter().map(|s| s.resident_bytes).collect();
     assert_eq!(
@@ -62,7 +62,7 @@ fn executor_records_residency_per_step() {
 fn blend_factors_interpolate_between_precisions() {
     let mut m = tiny();
     let exec = Executor::new(Sampler::Ddim, karras_sigmas(4, 0.002, 80.0, 7.0).unwrap()).unwrap();
-    let x0 = gaussian_noise(2, 64, 80.0, 2);
+    let x0 = gaussian_noise(2, 64, 80.0, 2).unwrap();
     let run = |m: &mut GmmModel, f: f32| {
         let plan = RunPlan::with_blends("b", &[FP32; 4], &[None, Some((INT4, f)), None, None]);
         exec.run(m, &plan, &x0, 2, |_| {}).unwrap().samples
@@ -93,7 +93,7 @@ fn calibration_on_a_tiny_model() {
         karras_sigmas(steps, 0.002, 80.0, 7.0).unwrap(),
     )
     .unwrap();
-    let x0 = gaussian_noise(3, 64, 80.0, 5);
+    let x0 = gaussian_noise(3, 64, 80.0, 5).unwrap();
     let table = sensitivity(&exec, &mut m, &x0, 3, &[INT4, INT8, FP16], |_, _| {}).unwrap();
     assert_eq!(table.errors.len(), steps);
     assert_eq!(m.resident_bytes(), 0);
