@@ -8,7 +8,8 @@ Usage (a venv with `pip install onnxruntime numpy`; the xtask makes one in tools
     python tools/reference/ort_bench.py MODEL.onnx THREADS
 
 onnxruntime's CPU provider with every graph optimisation on (ORT_ENABLE_ALL), intra_op threads =
-THREADS, inter_op 1, sequential execution. It prints `ready <onnxruntime version>`, then answers
+THREADS, inter_op 1, sequential execution, idle threads not spinning (the bench alternates
+with us on the same cores). It prints `ready <onnxruntime version>`, then answers
 each line of stdin with one line, `ok ...` or `error <message>`:
 
     load NOISY.npy SIGMA DIFFICULTY   the input [B,1,128,128] f32 (B from the file), one sigma and
@@ -32,6 +33,9 @@ def main() -> None:
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Idle intra-op threads sleep instead of spinning: the bench runs our evaluation between
+    # two of these, and spinning threads would take its cores.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     feeds = None
     out = None

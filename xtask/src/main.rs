@@ -105,7 +105,8 @@ fn ci() -> anyhow::Result<()> {
     run(cmd)
 }
 
-fn bench_kernels(rest: &[&str]) -> anyhow::Result<()> {
+/// `cargo run --release` of the benches crate's binary `bin` (arguments to follow).
+fn bench_bin(bin: &str) -> Command {
     let mut cmd = cargo();
     cmd.args([
         "run",
@@ -113,8 +114,13 @@ fn bench_kernels(rest: &[&str]) -> anyhow::Result<()> {
         "-p",
         "haagenti-adaptive-benches",
         "--bin",
-        "kernels",
+        bin,
     ]);
+    cmd
+}
+
+fn bench_kernels(rest: &[&str]) -> anyhow::Result<()> {
+    let mut cmd = bench_bin("kernels");
     let mut forwarded = Vec::new();
     for &arg in rest {
         if arg == "--candle" {
@@ -128,17 +134,8 @@ fn bench_kernels(rest: &[&str]) -> anyhow::Result<()> {
 }
 
 fn bench_model(rest: &[&str]) -> anyhow::Result<()> {
-    let mut cmd = cargo();
-    cmd.args([
-        "run",
-        "--release",
-        "-p",
-        "haagenti-adaptive-benches",
-        "--bin",
-        "model",
-        "--",
-    ]);
-    cmd.args(rest);
+    let mut cmd = bench_bin("model");
+    cmd.arg("--").args(rest);
     match reference_python() {
         Ok(python) => {
             cmd.arg("--python").arg(python);
