@@ -6,6 +6,11 @@
 //!   (and candle's quantized matmul with `--candle`), as ratios measured in one run; `--cold` reads
 //!   every kernel's weights from memory rather than cache; `--conv [--quick] [--threads 2]`
 //!   times the convolution API on UNet layers instead.
+//! - `cargo xtask bench model terrain [--quick] [--threads N] [--profile]`: the terrain UNet's
+//!   evaluation at every precision (batch 1 and 4) and a consistency sampling run, alternating
+//!   with onnxruntime FP32 on the same inputs (`tools/reference/ort_bench.py`, run from a venv in
+//!   `tools/reference/.venv` that this task makes with pip when missing; without it, our figures
+//!   alone and the reason); `--profile` adds the per-layer profile at each precision.
 //! - `cargo xtask bench schedule`: schedule generation and planning, and the error-budget solver
 //!   with step and switch costs at 30, 100 and 500 steps (criterion). The calibration method
 //!   itself is the library call `haagenti_adaptive::runtime::calibrate`, which
@@ -29,6 +34,7 @@ const USAGE: &str = "usage:
   cargo xtask bench kernels [--candle] [--quick] [--cold] [--json FILE] [--threads 1,2]
                             [--shapes MxKxN,...] [--no-throughput]
   cargo xtask bench kernels --conv [--quick] [--threads 2] [--json FILE]
+  cargo xtask bench model terrain [--quick] [--threads N] [--profile]
   cargo xtask bench schedule [criterion args]
   cargo xtask fetch-model terrain
   cargo xtask fuzz list
@@ -67,6 +73,7 @@ fn main() -> anyhow::Result<()> {
     match args.as_slice() {
         ["ci"] => ci(),
         ["bench", "kernels", rest @ ..] => bench_kernels(rest),
+        ["bench", "model", rest @ ..] => bench_model(rest),
         ["bench", "schedule", rest @ ..] => {
             let mut cmd = cargo();
             cmd.args([
@@ -105,7 +112,8 @@ fn ci() -> anyhow::Result<()> {
     run(cmd)
 }
 
-fn bench_kernels(rest: &[&str]) -> anyhow::Result<()> {
+/// `cargo run --release` of the benches crate's binary `bin` (arguments to follow).
+fn bench_bin(bin: &str) -> Command {
     let mut cmd = cargo();
     cmd.args([
         "run",
@@ -113,8 +121,13 @@ fn bench_kernels(rest: &[&str]) -> anyhow::Result<()> {
         "-p",
         "haagenti-adaptive-benches",
         "--bin",
-        "kernels",
+        bin,
     ]);
+    cmd
+}
+
+fn bench_kernels(rest: &[&str]) -> anyhow::Result<()> {
+    let mut cmd = bench_bin("kernels");
     let mut forwarded = Vec::new();
     for &arg in rest {
         if arg == "--candle" {
@@ -125,6 +138,45 @@ fn bench_kernels(rest: &[&str]) -> anyhow::Result<()> {
     }
     cmd.arg("--").args(forwarded);
     run(cmd)
+}
+
+fn bench_model(rest: &[&str]) -> anyhow::Result<()> {
+    let mut cmd = bench_bin("model");
+    cmd.arg("--").args(rest);
+    match reference_python() {
+        Ok(python) => {
+            cmd.arg("--python").arg(python);
+        }
+        Err(e) => println!("onnxruntime: skipped ({e:#})"),
+    }
+    run(cmd)
+}
+
+/// The Python of `tools/reference/.venv` with onnxruntime and numpy, made with pip if missing.
+fn reference_python() -> anyhow::Result<PathBuf> {
+    let venv = workspace_root().join("tools/reference/.venv");
+    let python = venv.join("bin/python");
+    let works = |python: &Path| {
+        Command::new(python)
+            .args(["-c", "import onnxruntime, numpy"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if works(&python) {
+        return Ok(python);
+    }
+    eprintln!("making {} (pip install onnxruntime numpy)", venv.display());
+    let mut make = Command::new("python3");
+    make.args(["-m", "venv"]).arg(&venv);
+    run(make).context("python3 -m venv failed: install python3 with venv")?;
+    let mut pip = Command::new(&python);
+    pip.args(["-m", "pip", "install", "--quiet", "onnxruntime", "numpy"]);
+    run(pip).context("pip could not install onnxruntime and numpy (no network?)")?;
+    if !works(&python) {
+        bail!("{} still cannot import onnxruntime", python.display());
+    }
+    Ok(python)
 }
 
 /// `--seconds N` and `--jobs J` of a fuzz task.

@@ -1,10 +1,15 @@
 //! Layers over NHWC activations (`batch x height x width x channels`, channels fastest), with
-//! weights held per precision and products through the kernels' `matmul`.
+//! weights held per precision and products through the kernels' `matmul` and `conv2d`.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use haagenti_adaptive_core::Precision;
-use haagenti_adaptive_kernels::{Format, Parallelism, QuantizedTensor, matmul, matmul_acc};
+use haagenti_adaptive_kernels::blocks::BlockQ8_0;
+use haagenti_adaptive_kernels::{
+    Conv2dParams, Conv2dShape, ConvWeight, Format, Parallelism, QuantizedTensor, conv2d,
+    dequantize_row_q8_0, matmul, quantize_row_q8_0,
+};
 use rayon::prelude::*;
 
 use crate::{NnError, Result};
@@ -17,6 +22,11 @@ pub const Q8_ACTIVATION_LIMIT: f32 = 127.0 * 65504.0;
 
 /// Values a block format quantizes together; a weight row (its `k`) must be a multiple of it.
 const BLOCK_LEN: usize = 32;
+
+/// What the residual of a refined product is multiplied by before its own Q8_0 rounding: it is
+/// at most half a step of the first rounding (`max|x| / 254` of its block), and 2^8 (exact in
+/// f32) lifts its block scales back to the first pass's range, out of f16's subnormals.
+const RESIDUAL_SCALE: f32 = 256.0;
 
 /// The precision a layer with `k` values per weight row runs at when the step asks for `p`:
 /// `p` itself, or for an integer block format that cannot split `k`, the nearest float precision
@@ -35,13 +45,19 @@ pub fn effective_precision(p: Precision, k: usize) -> Precision {
 /// A weight matrix `n x k` (row `j` multiplies an activation row of `k` values) with an f32
 /// master and resident copies per requested precision, like the runtime's `WeightSet` (but with
 /// only the forward layout: inference never multiplies by the transpose).
+///
+/// A convolution's weight is the same matrix with `k = kernel * kernel * in_channels` in
+/// `(ky, kx, c)` order; the resident copies are the kernels' [`ConvWeight`]s, whose tensor a
+/// fully connected layer (a 1x1 "convolution") multiplies directly.
 #[derive(Clone, Debug)]
 pub struct Weights {
     name: String,
     n: usize,
     k: usize,
+    kernel: usize,
     master: Vec<f32>,
-    resident: BTreeMap<Precision, QuantizedTensor>,
+    resident: BTreeMap<Precision, ConvWeight>,
+    refine_activations: bool,
 }
 
 impl Weights {
@@ -71,9 +87,34 @@ impl Weights {
             name,
             n,
             k,
+            kernel: 1,
             master,
             resident: BTreeMap::new(),
+            refine_activations: false,
         })
+    }
+
+    /// The weights of a `kernel x kernel` convolution: `k` must be `kernel² * in_channels`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Weights::new`], and [`NnError::Model`] when `kernel²` does not divide `k`.
+    pub fn conv(
+        name: impl Into<String>,
+        n: usize,
+        k: usize,
+        kernel: usize,
+        master: Vec<f32>,
+    ) -> Result<Self> {
+        let mut w = Self::new(name, n, k, master)?;
+        if kernel == 0 || !k.is_multiple_of(kernel * kernel) {
+            return Err(NnError::Model(format!(
+                "{}: rows of {k} values are not {kernel}x{kernel} taps",
+                w.name
+            )));
+        }
+        w.kernel = kernel;
+        Ok(w)
     }
 
     /// The weight's name in the checkpoint.
@@ -91,6 +132,22 @@ impl Weights {
         self.k
     }
 
+    /// Whether integer products also multiply the Q8_0 rounding residual of the activations
+    /// (see [`Weights::set_refine_activations`]).
+    pub fn refines_activations(&self) -> bool {
+        self.refine_activations
+    }
+
+    /// With `refine`, an integer product runs twice on the same integer weights: on the
+    /// activations' Q8_0 blocks, then on what that rounding lost (`x - dequant(q8(x))`, itself
+    /// rounded to Q8_0), so that the activations reach the weights with about 16 bits instead
+    /// of 8 while the weights stay at the step's precision. It doubles the layer's integer
+    /// work, so it is for the layers whose input one Q8_0 scale per 32 values cannot hold (see
+    /// [`TerrainUnet`](crate::TerrainUnet) for which and why). Float precisions ignore it.
+    pub fn set_refine_activations(&mut self, refine: bool) {
+        self.refine_activations = refine;
+    }
+
     /// The precision this layer runs at when a step asks for `p`.
     pub fn effective(&self, p: Precision) -> Precision {
         effective_precision(p, self.k)
@@ -106,7 +163,9 @@ impl Weights {
         if !self.resident.contains_key(&p) {
             let format = Format::from_precision(self.effective(p));
             let q = QuantizedTensor::quantize(format, self.n, self.k, &self.master)?;
-            self.resident.insert(p, q);
+            let c_in = self.k / (self.kernel * self.kernel);
+            let w = ConvWeight::from_tensor(q, c_in, self.kernel, self.kernel)?;
+            self.resident.insert(p, w);
         }
         Ok(())
     }
@@ -118,7 +177,7 @@ impl Weights {
 
     /// Bytes of the resident copies.
     pub fn resident_bytes(&self) -> usize {
-        self.resident.values().map(QuantizedTensor::byte_len).sum()
+        self.resident.values().map(|w| w.tensor().byte_len()).sum()
     }
 
     /// Parameters (`n * k`).
@@ -126,25 +185,81 @@ impl Weights {
         self.n * self.k
     }
 
-    /// `out[m x n] = beta * out + x[m x k] · Wᵀ` at `p`.
-    fn apply(&self, x: &[f32], m: usize, out: &mut [f32], beta: f32, p: Precision) -> Result<()> {
-        let w = self.resident.get(&p).ok_or(NnError::NotResident(p))?;
-        if self.effective(p).is_integer() {
-            let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
-            if amax > Q8_ACTIVATION_LIMIT {
-                // The product is linear in x: run it on x / 2^e and scale the result back by
-                // alpha = 2^e. A power of two changes no mantissa, so each Q8_0 block quantizes
-                // the same values it would have, just with a representable scale.
-                let e = (amax / Q8_ACTIVATION_LIMIT).log2().ceil();
-                let alpha = e.exp2();
-                let scaled: Vec<f32> = x.iter().map(|v| v / alpha).collect();
-                matmul_acc(&scaled, m, w, out, alpha, beta, Parallelism::Rayon)?;
-                return Ok(());
-            }
+    /// Whether the kernels' Q8_0 activation blocks are runs of 32 consecutive input values
+    /// (a matmul row, or a pixel's channels of a convolution that quantizes pixels once), so
+    /// that rounding the whole input as one row rounds it as they do.
+    fn pixel_blocks(&self) -> bool {
+        (self.k / (self.kernel * self.kernel)).is_multiple_of(BLOCK_LEN)
+    }
+
+    /// The resident copy for `p`.
+    fn resident(&self, p: Precision) -> Result<&ConvWeight> {
+        self.resident.get(&p).ok_or(NnError::NotResident(p))
+    }
+
+    /// `out = product(x)` where `product` multiplies activations by this layer's copy for `p`
+    /// (a matmul or a convolution) and writes every value of its output. For integer weights
+    /// the activations are first brought into [`Q8_ACTIVATION_LIMIT`] by a power of two, and
+    /// with [`Weights::set_refine_activations`] their rounding residual is multiplied too.
+    fn product(
+        &self,
+        x: &[f32],
+        out: &mut [f32],
+        p: Precision,
+        product: impl Fn(&[f32], &mut [f32]) -> Result<()>,
+    ) -> Result<()> {
+        if !self.effective(p).is_integer() {
+            return product(x, out);
         }
-        matmul_acc(x, m, w, out, 1.0, beta, Parallelism::Rayon)?;
+        // The product is linear in x: run it on x / 2^e and scale the result back by 2^e. A
+        // power of two changes no mantissa, so each Q8_0 block quantizes the same values it
+        // would have, just with a representable scale.
+        let (x, scale) = guarded(x);
+        product(&x, out)?;
+        if self.refine_activations && self.pixel_blocks() {
+            // x = dequant(q8(x)) + residual, up to one f32 subtraction.
+            let mut blocks = vec![BlockQ8_0::default(); x.len() / BLOCK_LEN];
+            quantize_row_q8_0(&x, &mut blocks);
+            let mut residual = vec![0f32; x.len()];
+            dequantize_row_q8_0(&blocks, &mut residual);
+            residual
+                .par_iter_mut()
+                .zip(x.par_iter())
+                .for_each(|(r, v)| *r = (v - *r) * RESIDUAL_SCALE);
+            let (residual, residual_scale) = guarded(&residual);
+            let mut extra = vec![0f32; out.len()];
+            product(&residual, &mut extra)?;
+            let f = residual_scale / RESIDUAL_SCALE;
+            out.par_iter_mut()
+                .zip(extra.par_iter())
+                .for_each(|(o, e)| *o += f * e);
+        }
+        if scale != 1.0 {
+            out.par_iter_mut().for_each(|o| *o *= scale);
+        }
         Ok(())
     }
+
+    /// `x[m x k] · Wᵀ` at `p`.
+    fn matmul(&self, x: &[f32], m: usize, p: Precision) -> Result<Vec<f32>> {
+        let w = self.resident(p)?.tensor();
+        let mut out = vec![0f32; m * self.n];
+        self.product(x, &mut out, p, |x, out| {
+            Ok(matmul(x, m, w, out, Parallelism::Rayon)?)
+        })?;
+        Ok(out)
+    }
+}
+
+/// `x` scaled into [`Q8_ACTIVATION_LIMIT`] by a power of two, and that power (1 when `x` is
+/// in range, borrowed as is).
+fn guarded(x: &[f32]) -> (Cow<'_, [f32]>, f32) {
+    let amax = x.par_iter().map(|v| v.abs()).reduce(|| 0.0, f32::max);
+    if amax <= Q8_ACTIVATION_LIMIT {
+        return (Cow::Borrowed(x), 1.0);
+    }
+    let s = (amax / Q8_ACTIVATION_LIMIT).log2().ceil().exp2();
+    (Cow::Owned(x.par_iter().map(|v| v / s).collect()), s)
 }
 
 /// A fully connected layer `y = x Wᵀ + b`.
@@ -161,12 +276,12 @@ impl Linear {
     ///
     /// # Errors
     ///
-    /// [`NnError::NotResident`], [`NnError::ActivationRange`] or a kernel error.
+    /// [`NnError::NotResident`] or a kernel error (e.g. a length that disagrees).
     pub fn forward(&self, x: &[f32], m: usize, p: Precision) -> Result<Vec<f32>> {
-        let n = self.weight.rows();
-        let mut out: Vec<f32> = (0..m).flat_map(|_| self.bias.iter().copied()).collect();
-        self.weight.apply(x, m, &mut out, 1.0, p)?;
-        debug_assert_eq!(out.len(), m * n);
+        let mut out = self.weight.matmul(x, m, p)?;
+        for row in out.chunks_exact_mut(self.bias.len().max(1)) {
+            row.iter_mut().zip(&self.bias).for_each(|(o, b)| *o += b);
+        }
         Ok(out)
     }
 }
@@ -206,17 +321,13 @@ impl Shape {
     }
 }
 
-/// Bytes of im2col rows built at once: large enough for the matmul to run long panels, small
-/// enough to stay out of the way of the activations.
-const IM2COL_TILE_BYTES: usize = 8 << 20;
-
 /// A stride-1 2-D convolution with a square odd kernel and "same" zero padding, on NHWC
-/// activations. Its weight row `o` holds `kernel x kernel x in_channels` values in
-/// `(ky, kx, c)` order, so a 1x1 convolution is a plain matmul and a 3x3 one a matmul over im2col
-/// rows built a bounded tile at a time.
+/// activations, through the kernels' [`conv2d`]: a 1x1 convolution is a plain matmul, a 3x3 one
+/// a matmul over im2col tiles, where for integer weights each input pixel is rounded to Q8_0
+/// once and its blocks are shared by the nine taps that read it.
 #[derive(Clone, Debug)]
 pub struct Conv2d {
-    /// The weights, `out_channels x (kernel * kernel * in_channels)`.
+    /// The weights, `out_channels x (kernel * kernel * in_channels)` in `(ky, kx, c)` order.
     pub weight: Weights,
     /// The bias, `out_channels` values.
     pub bias: Vec<f32>,
@@ -257,6 +368,13 @@ impl Conv2d {
             )));
         }
         let k = kh * kw * i;
+        if oihw.len() != o * k {
+            return Err(NnError::ShapeMismatch {
+                what: "conv weight",
+                expected: o * k,
+                actual: oihw.len(),
+            });
+        }
         let mut w = vec![0f32; o * k];
         for oc in 0..o {
             for ic in 0..i {
@@ -268,7 +386,7 @@ impl Conv2d {
             }
         }
         Ok(Self {
-            weight: Weights::new(name, o, k, w)?,
+            weight: Weights::conv(name, o, k, kh, w)?,
             bias,
             kernel: kh,
             in_channels: i,
@@ -285,7 +403,7 @@ impl Conv2d {
     ///
     /// # Errors
     ///
-    /// [`NnError::ShapeMismatch`] when `x` or `residual` has the wrong length, or a matmul error.
+    /// [`NnError::ShapeMismatch`] when `x` or `residual` has the wrong length, or a kernel error.
     pub fn forward(
         &self,
         x: &[f32],
@@ -303,90 +421,44 @@ impl Conv2d {
             });
         }
         let pixels = shape.pixels();
-        let mut out: Vec<f32> = match residual {
-            Some(r) if r.len() == pixels * o => r
-                .chunks_exact(o)
-                .flat_map(|row| row.iter().zip(&self.bias).map(|(a, b)| a + b))
-                .collect(),
-            Some(r) => {
-                return Err(NnError::ShapeMismatch {
-                    what: "convolution residual",
-                    expected: pixels * o,
-                    actual: r.len(),
-                });
-            }
-            None => (0..pixels)
-                .flat_map(|_| self.bias.iter().copied())
-                .collect(),
-        };
-        if self.kernel == 1 {
-            self.weight.apply(x, pixels, &mut out, 1.0, p)?;
-            return Ok(out);
+        if let Some(r) = residual
+            && r.len() != pixels * o
+        {
+            return Err(NnError::ShapeMismatch {
+                what: "convolution residual",
+                expected: pixels * o,
+                actual: r.len(),
+            });
         }
-        let (h, w, kk) = (shape.height, shape.width, self.kernel);
-        let k = kk * kk * c;
-        let rows_per_tile = (IM2COL_TILE_BYTES / (4 * k * w)).clamp(1, h);
-        let mut cols = Vec::new();
-        for b in 0..shape.batch {
-            let image = &x[b * h * w * c..(b + 1) * h * w * c];
-            for y0 in (0..h).step_by(rows_per_tile) {
-                let rows = rows_per_tile.min(h - y0);
-                cols.resize(rows * w * k, 0.0);
-                im2col(image, h, w, c, kk, y0, rows, &mut cols);
-                let start = (b * h + y0) * w * o;
-                self.weight.apply(
-                    &cols,
-                    rows * w,
-                    &mut out[start..start + rows * w * o],
-                    1.0,
-                    p,
-                )?;
-            }
+        let w = self.weight.resident(p)?;
+        let conv_shape = Conv2dShape::new(
+            shape.batch,
+            shape.height,
+            shape.width,
+            w,
+            Conv2dParams::new(1, self.kernel / 2),
+        )?;
+        let mut out = vec![0f32; pixels * o];
+        self.weight.product(x, &mut out, p, |x, out| {
+            Ok(conv2d(x, &conv_shape, w, None, out, Parallelism::Rayon)?)
+        })?;
+        // Bias and residual in one pass over the output.
+        let bias = &self.bias;
+        match residual {
+            Some(r) => out
+                .par_chunks_mut(o)
+                .zip(r.par_chunks(o))
+                .for_each(|(row, res)| {
+                    for ((v, r), b) in row.iter_mut().zip(res).zip(bias) {
+                        *v += r + b;
+                    }
+                }),
+            None => out.par_chunks_mut(o).for_each(|row| {
+                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+            }),
         }
         Ok(out)
     }
-}
-
-/// Fills `cols` (`rows * w` rows of `kk * kk * c`) with the zero-padded patches of output rows
-/// `y0 .. y0 + rows` of one image.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one image's geometry, passed flat to keep the inner loop free of indirection"
-)]
-fn im2col(
-    image: &[f32],
-    h: usize,
-    w: usize,
-    c: usize,
-    kk: usize,
-    y0: usize,
-    rows: usize,
-    cols: &mut [f32],
-) {
-    let k = kk * kk * c;
-    let r = (kk / 2) as isize;
-    cols.par_chunks_mut(w * k)
-        .enumerate()
-        .for_each(|(dy, row_cols)| {
-            let y = (y0 + dy) as isize;
-            for xo in 0..w {
-                let patch = &mut row_cols[xo * k..(xo + 1) * k];
-                for ky in 0..kk {
-                    let sy = y + ky as isize - r;
-                    for kx in 0..kk {
-                        let sx = xo as isize + kx as isize - r;
-                        let dst = &mut patch[(ky * kk + kx) * c..(ky * kk + kx + 1) * c];
-                        if sy < 0 || sy >= h as isize || sx < 0 || sx >= w as isize {
-                            dst.fill(0.0);
-                        } else {
-                            let src = (sy as usize * w + sx as usize) * c;
-                            dst.copy_from_slice(&image[src..src + c]);
-                        }
-                    }
-                }
-            }
-        });
-    debug_assert_eq!(cols.len(), rows * w * k);
 }
 
 /// Group normalization as the exporter wrote it: an InstanceNormalization over `groups` groups
@@ -767,6 +839,50 @@ mod tests {
             lin.forward(&x, 1, Precision::FP32),
             Err(NnError::NotResident(_))
         ));
+    }
+
+    #[test]
+    fn refined_activations_reach_the_weights_with_about_16_bits() {
+        // One 32-value block whose values span four orders of magnitude, the small ones
+        // carrying the product (the weights are large where the activations are small).
+        let x: Vec<f32> = (0..32)
+            .map(|i| if i % 8 == 0 { 300.0 } else { 0.05 * (i as f32) })
+            .collect();
+        let w: Vec<f32> = (0..3 * 32)
+            .map(|i| {
+                if i % 8 == 0 {
+                    1e-4
+                } else {
+                    1.0 + (i % 5) as f32
+                }
+            })
+            .collect();
+        let exact: Vec<f64> = w
+            .chunks_exact(32)
+            .map(|row| row.iter().zip(&x).map(|(a, b)| (a * b) as f64).sum())
+            .collect();
+        let mut lin = Linear {
+            weight: Weights::new("l", 3, 32, w).unwrap(),
+            bias: vec![0.0; 3],
+        };
+        lin.weight.load(Precision::INT8).unwrap();
+        let err = |lin: &Linear, x: &[f32], scale: f64| -> f64 {
+            let got = lin.forward(x, 1, Precision::INT8).unwrap();
+            got.iter()
+                .zip(&exact)
+                .map(|(g, e)| ((*g as f64 - e * scale) / (e * scale)).abs())
+                .fold(0.0, f64::max)
+        };
+        let plain = err(&lin, &x, 1.0);
+        lin.weight.set_refine_activations(true);
+        assert!(lin.weight.refines_activations());
+        let refined = err(&lin, &x, 1.0);
+        // The weights' own rounding (about 1/254 of a block's largest) is what remains.
+        assert!(plain > 0.05 && refined < 0.01, "{plain} {refined}");
+        // With the range guard too (300 * 2^16 is beyond the f16 scale range).
+        let big: Vec<f32> = x.iter().map(|v| v * 65536.0).collect();
+        let guarded = err(&lin, &big, 65536.0);
+        assert!(guarded < 0.01, "{guarded}");
     }
 
     #[test]

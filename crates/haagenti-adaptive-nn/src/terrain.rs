@@ -173,6 +173,20 @@ impl Profiler {
 /// for 1 x 128 x 128 height maps, every Conv and Gemm with a weight at the step's precision
 /// (layers a block format cannot split at the nearest float precision: [`TerrainUnet::promotions`]).
 ///
+/// At INT8 and INT4 two kinds of layer input are multiplied in two integer passes (the Q8_0
+/// blocks, then their rounding residual: [`TerrainUnet::refined_layers`]), because one Q8_0
+/// scale per 32 values cannot hold them. Measured on the fixture inputs, each alone takes INT8
+/// from an rms error of about 0.01 to over 0.1 against FP32 at sigma 80:
+/// - the scale-shift projections' input, SiLU of the timestep embedding (one row shared by
+///   every ResBlock, values 0 to 400 with a median of 43): its 8-bit rounding alone costs an rms
+///   error of 0.14, since every ResBlock's per-channel scale moves with it;
+/// - the output convs' input, the norm after the scale-shift, whose channels differ by up to
+///   five orders of magnitude (means 0.08 to 2e4 in `output_blocks.14.0`), so that the small
+///   channels of a block round to nothing; that layer alone costs 0.01.
+///
+/// The projections are one row a sample (their cost is nothing); the output convs are half the
+/// 3x3 convolutions, so refining adds up to half again to the integer convolution work.
+///
 /// # Examples
 ///
 /// ```no_run
@@ -304,12 +318,18 @@ fn res_block(r: &mut GraphReader<'_>, prefix: &str, resample: Resample) -> Resul
     } else {
         None
     };
+    // The two inputs one Q8_0 scale per 32 values cannot hold (see `TerrainUnet`): the
+    // scale-shift projection's (SiLU of the embedding) and the output conv's (modulated).
+    let mut emb = linear(r, &format!("{prefix}.emb_layers.1"))?;
+    emb.weight.set_refine_activations(true);
+    let mut out_conv = conv(r, &format!("{prefix}.out_layers.3"))?;
+    out_conv.weight.set_refine_activations(true);
     Ok(ResBlock {
         in_norm,
         in_conv: conv(r, &format!("{prefix}.in_layers.2"))?,
-        emb: linear(r, &format!("{prefix}.emb_layers.1"))?,
+        emb,
         out_norm,
-        out_conv: conv(r, &format!("{prefix}.out_layers.3"))?,
+        out_conv,
         skip,
         resample,
     })
@@ -574,6 +594,18 @@ impl TerrainUnet {
                 let e = crate::layers::effective_precision(p, k);
                 (e != p).then_some((name, e))
             })
+            .collect()
+    }
+
+    /// The layers whose integer products also multiply their input's Q8_0 rounding residual
+    /// ([`Weights::set_refine_activations`]): every ResBlock's scale-shift projection
+    /// (`emb_layers.1`) and output conv (`out_layers.3`). Their weights stay at the step's
+    /// precision; it is their inputs that one 8-bit scale per 32 values cannot hold.
+    pub fn refined_layers(&self) -> Vec<String> {
+        self.weights()
+            .into_iter()
+            .filter(|w| w.refines_activations())
+            .map(|w| w.name().to_owned())
             .collect()
     }
 
