@@ -77,20 +77,26 @@ pub(crate) fn encode_grey(width: usize, height: usize, pixels: &[u8]) -> Vec<u8>
     out
 }
 
-/// Writes a greyscale PNG through `kernels::io` (checked path, temporary file, rename).
+/// Writes `bytes` to `path` through `kernels::io` (checked path, temporary file beside it,
+/// renamed into place), as every file the project writes.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let target = check_output(path, &[]).with_context(|| format!("{}", path.display()))?;
+    let mut file = AtomicFile::create(&target)?;
+    file.file()
+        .write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.commit()?;
+    Ok(())
+}
+
+/// Writes a greyscale PNG ([`encode_grey`]) with [`write_atomic`].
 pub(crate) fn write_grey(
     path: &Path,
     width: usize,
     height: usize,
     pixels: &[u8],
 ) -> anyhow::Result<()> {
-    let target = check_output(path, &[]).with_context(|| format!("{}", path.display()))?;
-    let mut file = AtomicFile::create(&target)?;
-    file.file()
-        .write_all(&encode_grey(width, height, pixels))
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.commit()?;
-    Ok(())
+    write_atomic(path, &encode_grey(width, height, pixels))
 }
 
 #[cfg(test)]
@@ -119,8 +125,9 @@ mod tests {
             }
             at += 12 + len;
         }
-        assert_eq!(&z[..2], &[0x78, 0x01]);
-        assert_eq!((0x78u32 * 256 + 0x01) % 31, 0, "zlib header check bits");
+        // zlib's header: CMF FLG with (CMF * 256 + FLG) a multiple of 31.
+        assert_eq!((u32::from(z[0]) * 256 + u32::from(z[1])) % 31, 0);
+        assert_eq!(z[0] & 0x0F, 8, "deflate");
         let mut raw = Vec::new();
         let mut p = 2;
         loop {

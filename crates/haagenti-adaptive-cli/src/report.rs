@@ -528,7 +528,7 @@ pub(crate) fn write(dir: &Path, out: &RunOutput) -> anyhow::Result<()> {
         pictures(dir, im, &mut md)?;
     }
     let _ = writeln!(md, "```text\n{}```", text(out));
-    std::fs::write(dir.join("report.md"), md)?;
+    crate::png::write_atomic(&dir.join("report.md"), md.as_bytes())?;
     Ok(())
 }
 

@@ -565,3 +565,33 @@ fn probed_capabilities_schedule_for_this_machine() {
     assert!(caps["vram_mb"].as_u64().unwrap() > 0, "{caps}");
     fails_with(&plan(&["--capabilities", "tpu"]), "--capabilities");
 }
+
+#[test]
+fn params_sizes_a_plan_for_a_network_on_the_probed_machine() {
+    // The terrain UNet's 10.4M Conv/Gemm parameters, on this machine's CPU and memory.
+    let text = stdout(&plan(&[
+        "--capabilities",
+        "probe",
+        "--params",
+        "10.4M",
+        "--steps",
+        "3",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["plan"]["model_params"], 10_400_000);
+    // FP32 weights of 10.4M parameters are 40 MB: any machine that runs the tests holds them.
+    let peak = v["plan"]["peak_vram_mb"].as_u64().unwrap();
+    assert!((1..=80).contains(&peak), "{peak}");
+    // --params is --model-params.
+    let long = stdout(&plan(&[
+        "--capabilities",
+        "probe",
+        "--model-params",
+        "10.4M",
+        "--steps",
+        "3",
+        "--json",
+    ]));
+    assert_eq!(text, long);
+}

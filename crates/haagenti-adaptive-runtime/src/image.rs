@@ -51,7 +51,7 @@ impl ImageShape {
             });
         }
         let px = self.pixels();
-        if reference.is_empty() || reference.len() % px != 0 {
+        if reference.is_empty() || !reference.len().is_multiple_of(px) {
             return Err(RuntimeError::InvalidImage(format!(
                 "{} values are not a whole number of {}x{} images",
                 reference.len(),
