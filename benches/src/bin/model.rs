@@ -212,7 +212,7 @@ fn main() -> anyhow::Result<()> {
         "batch", "precision", "ours s", "ort fp32 s", "ours/ort", "rms vs fp32"
     );
     for &batch in batches {
-        let x = gaussian_noise(batch, px, SIGMA as f64, 7 + batch as u64);
+        let x = gaussian_noise(batch, px, SIGMA as f64, 7 + batch as u64)?;
         let sigma = vec![SIGMA; batch];
         let difficulty = vec![DIFFICULTY; batch];
         if let Some(ort) = ort.as_mut() {
@@ -292,7 +292,7 @@ fn sampling(
         sigma_min: edm.sigma_min as f64,
     });
     let dim = unet.dim();
-    let x0 = gaussian_noise(batch, dim, 80.0, 5);
+    let x0 = gaussian_noise(batch, dim, 80.0, 5)?;
     let evals: usize = sigmas[1..]
         .iter()
         .map(|&s| Sampler::Consistency.evals(s))
@@ -349,7 +349,7 @@ fn sampling(
 
 /// The per-layer profile at each precision, batch 1: the ten costliest layer kinds.
 fn profile(unet: &mut TerrainUnet, px: usize) -> anyhow::Result<()> {
-    let x = gaussian_noise(1, px, SIGMA as f64, 3);
+    let x = gaussian_noise(1, px, SIGMA as f64, 3)?;
     for p in Precision::ALL.into_iter().rev() {
         unet.load(p)?;
         unet.forward(&x, &[SIGMA], &[DIFFICULTY], p)?;

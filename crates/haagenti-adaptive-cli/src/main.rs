@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod denoise;
 mod plan;
+mod png;
 mod probe;
 mod quantize;
 mod report;

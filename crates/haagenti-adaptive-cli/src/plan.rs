@@ -93,8 +93,9 @@ pub(crate) struct PlanArgs {
     /// the weights).
     #[arg(long, value_name = "R", default_value = "5")]
     max_resident: String,
-    /// Model size in parameters (e.g. 2600000000, 2.6e9, 2.6B, 860M): checks memory.
-    #[arg(long)]
+    /// Model size in parameters (e.g. 2600000000, 2.6e9, 2.6B, 860M; the terrain UNet's Conv and
+    /// Gemm weights are 10.4M): checks memory. Also spelled --params.
+    #[arg(long, visible_alias = "params")]
     model_params: Option<String>,
     /// Print the schedule and plan as JSON instead of a table.
     #[arg(long)]

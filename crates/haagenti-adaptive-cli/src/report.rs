@@ -4,10 +4,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use haagenti_adaptive::Precision;
-use haagenti_adaptive::runtime::StepCosts;
+use haagenti_adaptive::runtime::{SIGNED_UNIT_RANGE, StepCosts, psnr_from_mse};
 use plotters::prelude::*;
 
-use crate::results::RunOutput;
+use crate::results::{ModelInfo, RunImages, RunOutput};
 
 fn finite(v: f64) -> Option<f64> {
     v.is_finite().then_some(v)
@@ -35,14 +35,58 @@ fn mib(bytes: usize) -> String {
     format!("{:.2}", bytes as f64 / (1024.0 * 1024.0))
 }
 
+/// The model in a few words.
+fn model_line(out: &RunOutput) -> String {
+    match &out.model {
+        ModelInfo::Gmm(c) => format!("gmm k={} d={} s={}", c.k, c.d, c.s),
+        ModelInfo::Terrain {
+            difficulty, params, ..
+        } => format!(
+            "terrain consistency UNet ({:.2} M parameters) difficulty={difficulty}",
+            *params as f64 / 1e6
+        ),
+    }
+}
+
+/// The noise levels, when there are few enough to read.
+fn sigmas_line(out: &RunOutput) -> Option<String> {
+    (out.sigmas.len() <= 9).then(|| {
+        let v: Vec<String> = out.sigmas.iter().map(|s| format!("{s:.4}")).collect();
+        v.join(", ")
+    })
+}
+
+fn ssim(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"))
+}
+
 /// The results table and the calibration summary, as plain text.
 pub(crate) fn text(out: &RunOutput) -> String {
     let mut s = String::new();
+    let images = out.images.is_some();
     let _ = writeln!(
         s,
-        "model gmm k={} d={} s={} | sampler {} | {} steps | batch {} | kernels {}",
-        out.model.k, out.model.d, out.model.s, out.sampler, out.steps, out.batch, out.kernel_path
+        "model {} | sampler {} | {} steps | batch {} | kernels {}",
+        model_line(out),
+        out.sampler,
+        out.steps,
+        out.batch,
+        out.kernel_path
     );
+    if let Some(line) = sigmas_line(out) {
+        let _ = writeln!(s, "sigmas {line}");
+    }
+    if let ModelInfo::Terrain {
+        promoted_layers, ..
+    } = &out.model
+        && !promoted_layers.is_empty()
+    {
+        let _ = writeln!(
+            s,
+            "at INT8/INT4 these run at a float precision (a block cannot split their rows): {}",
+            promoted_layers.join(", ")
+        );
+    }
     let ms = |t: &StepCosts, f: &dyn Fn(Precision) -> Option<f64>| -> String {
         let parts: Vec<String> = t
             .precisions
@@ -63,23 +107,29 @@ pub(crate) fn text(out: &RunOutput) -> String {
         ms(c, &|p| c.switch(p))
     );
     let _ = writeln!(s);
+    let (last, lastw) = if images {
+        ("SSIM", 7)
+    } else {
+        ("modes   PSNR agr", 17)
+    };
     let _ = writeln!(
         s,
-        "{:<15} {:>16} {:>8} {:>8} {:>9} {:>10} {:>8} {:>7} {:>9}",
-        "schedule",
-        "time s",
-        "speedup",
-        "predict",
-        "pred err",
-        "peak MiB",
-        "PSNR dB",
-        "modes",
-        "PSNR agr"
+        "{:<15} {:>16} {:>8} {:>8} {:>9} {:>10} {:>8} {:>lastw$}",
+        "schedule", "time s", "speedup", "predict", "pred err", "peak MiB", "PSNR dB", last
     );
     for r in &out.runs {
+        let tail = if images {
+            format!("{:>7}", ssim(r.ssim))
+        } else {
+            format!(
+                "{:>6.0}% {:>9}",
+                100.0 * r.mode_agreement,
+                db(r.psnr_agreeing_db)
+            )
+        };
         let _ = writeln!(
             s,
-            "{:<15} {:>16} {:>7.2}x {:>7.2}x {:>8.1}% {:>10} {:>8} {:>6.0}% {:>9}",
+            "{:<15} {:>16} {:>7.2}x {:>7.2}x {:>8.1}% {:>10} {:>8} {tail}",
             r.name,
             spread(r.seconds, r.seconds_spread),
             r.speedup,
@@ -87,33 +137,41 @@ pub(crate) fn text(out: &RunOutput) -> String {
             100.0 * (r.speedup / r.predicted_speedup - 1.0),
             mib(r.peak_weight_bytes),
             db(r.psnr_db),
-            100.0 * r.mode_agreement,
-            db(r.psnr_agreeing_db)
         );
     }
     if let Some(c) = &out.calibration {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "calibration ({:.1} s): budget {:.3e} (MSE vs FP32; best preset on the calibration batch: {} at {:.3e}); calibrated measures {:.3e} there (solver bound {:.3e})",
+            "calibration ({:.1} s): budget {:.3e} (MSE vs FP32, PSNR {} dB{}; best preset on the calibration batch: {} at {:.3e}); calibrated measures {:.3e} there (solver bound {:.3e})",
             c.seconds,
             c.budget,
+            db(finite(psnr_from_mse(c.budget, SIGNED_UNIT_RANGE))),
+            if out.min_psnr.is_some() {
+                ", from --min-psnr"
+            } else {
+                ""
+            },
             c.best_preset.as_deref().unwrap_or("-"),
             c.best_preset_calibration_mse.unwrap_or(f64::NAN),
             c.calibration_mse,
             c.solver_bound_mse
         );
         for k in &c.checks {
+            let tail = if images {
+                format!("SSIM {}", ssim(k.quality.ssim))
+            } else {
+                format!("modes {:.0}%", 100.0 * k.quality.mode_agreement)
+            };
             let _ = writeln!(
                 s,
-                "  {:<12} {:<12} time {}  predicted {:.2}x  PSNR {:>6} dB  MSE {:.3e}  modes {:.0}%",
+                "  {:<12} {:<12} time {}  predicted {:.2}x  PSNR {:>6} dB  MSE {:.3e}  {tail}",
                 k.batch.to_string(),
                 k.name,
                 spread(k.seconds, k.seconds_spread),
                 k.predicted_speedup,
                 db(finite(k.quality.psnr_db)),
                 k.quality.mse,
-                100.0 * k.quality.mode_agreement
             );
         }
     }
@@ -325,7 +383,8 @@ pub(crate) fn prepare(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `report.md`, `precision.svg`, `sensitivity.svg` and `speed_quality.svg` into `dir`.
+/// Writes `report.md`, `precision.svg`, `sensitivity.svg` and `speed_quality.svg` into `dir`,
+/// and for image models `fp32.png`, `<schedule>.png` and `<schedule>_diff.png`.
 pub(crate) fn write(dir: &Path, out: &RunOutput) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let plot = |name: &str, f: fn(&Path, &RunOutput) -> PlotResult| -> anyhow::Result<()> {
@@ -337,23 +396,77 @@ pub(crate) fn write(dir: &Path, out: &RunOutput) -> anyhow::Result<()> {
         plot("sensitivity.svg", sensitivity_plot)?;
     }
     let mut md = String::new();
+    let images = out.images.is_some();
     let _ = writeln!(md, "# haagenti-adaptive run\n");
-    let _ = writeln!(
-        md,
-        "Reference model: exact denoiser of a Gaussian mixture (k = {}, d = {}, s = {}), sampler {}, {} Karras steps \
-         (sigma 80 to 0.002), batch {}, kernels `{}`. Times are measured step compute (weight quantization excluded \
-         and listed separately); predicted speedups come from the measured per-call costs.\n",
-        out.model.k, out.model.d, out.model.s, out.sampler, out.steps, out.batch, out.kernel_path
-    );
-    let _ = writeln!(
-        md,
-        "| schedule | time s | load s | speedup | predicted | peak weight MiB | PSNR dB | mode agreement | PSNR agreeing dB |"
-    );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in &out.runs {
+    match &out.model {
+        ModelInfo::Gmm(m) => {
+            let _ = writeln!(
+                md,
+                "Reference model: exact denoiser of a Gaussian mixture (k = {}, d = {}, s = {}), sampler {}, {} Karras steps \
+                 (sigma 80 to 0.002), batch {}, kernels `{}`. Times are measured step compute (weight quantization excluded \
+                 and listed separately); predicted speedups come from the measured per-call costs.\n",
+                m.k, m.d, m.s, out.sampler, out.steps, out.batch, out.kernel_path
+            );
+        }
+        ModelInfo::Terrain {
+            difficulty,
+            params,
+            promoted_layers,
+            ..
+        } => {
+            let _ = writeln!(
+                md,
+                "Model: the pretrained terrain consistency UNet ({:.2} M Conv/Gemm parameters, 128x128 height maps, \
+                 difficulty {difficulty}), every Conv and Gemm through our kernels at the step's precision; sampler {}, \
+                 {} steps at sigma {}, batch {}, kernels `{}`. Quality against the FP32 run from the same noise: PSNR \
+                 over the data range 2 (the network clips to [-1, 1]) and mean SSIM (11x11 gaussian window, sigma 1.5). \
+                 Times are measured step compute (weight quantization excluded and listed separately); predicted \
+                 speedups come from the measured per-step costs. The package's own generator samples this network \
+                 in one step (`--steps 1`); with more, each re-noised evaluation leaves noise it does not remove, which \
+                 the height maps show (quality here is against FP32 from the same noise).\n",
+                *params as f64 / 1e6,
+                out.sampler,
+                out.steps,
+                sigmas_line(out).unwrap_or_default(),
+                out.batch,
+                out.kernel_path
+            );
+            if !promoted_layers.is_empty() {
+                let _ = writeln!(
+                    md,
+                    "At INT8 and INT4 these layers run at a float precision, a block format being unable to split \
+                     their rows: {}.\n",
+                    promoted_layers.join(", ")
+                );
+            }
+        }
+    }
+    if images {
         let _ = writeln!(
             md,
-            "| {} | {} | {:.3} | {:.2}x | {:.2}x | {} | {} | {:.0}% | {} |",
+            "| schedule | time s | load s | speedup | predicted | peak weight MiB | PSNR dB | SSIM |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    } else {
+        let _ = writeln!(
+            md,
+            "| schedule | time s | load s | speedup | predicted | peak weight MiB | PSNR dB | mode agreement | PSNR agreeing dB |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    }
+    for r in &out.runs {
+        let tail = if images {
+            ssim(r.ssim)
+        } else {
+            format!(
+                "{:.0}% | {}",
+                100.0 * r.mode_agreement,
+                db(r.psnr_agreeing_db)
+            )
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.3} | {:.2}x | {:.2}x | {} | {} | {tail} |",
             r.name,
             spread(r.seconds, r.seconds_spread),
             r.load_seconds,
@@ -361,8 +474,6 @@ pub(crate) fn write(dir: &Path, out: &RunOutput) -> anyhow::Result<()> {
             r.predicted_speedup,
             mib(r.peak_weight_bytes),
             db(r.psnr_db),
-            100.0 * r.mode_agreement,
-            db(r.psnr_agreeing_db)
         );
     }
     let _ = writeln!(
@@ -383,21 +494,26 @@ pub(crate) fn write(dir: &Path, out: &RunOutput) -> anyhow::Result<()> {
             c.solver_bound_mse,
             c.seconds
         );
+        let last = if images { "SSIM" } else { "mode agreement" };
         let _ = writeln!(
             md,
-            "| batch | schedule | time s | predicted speedup | PSNR dB | MSE | mode agreement |\n|---|---|---:|---:|---:|---:|---:|"
+            "| batch | schedule | time s | predicted speedup | PSNR dB | MSE | {last} |\n|---|---|---:|---:|---:|---:|---:|"
         );
         for k in &c.checks {
+            let tail = if images {
+                ssim(k.quality.ssim)
+            } else {
+                format!("{:.0}%", 100.0 * k.quality.mode_agreement)
+            };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.2}x | {} | {:.3e} | {:.0}% |",
+                "| {} | {} | {} | {:.2}x | {} | {:.3e} | {tail} |",
                 k.batch,
                 k.name,
                 spread(k.seconds, k.seconds_spread),
                 k.predicted_speedup,
                 db(finite(k.quality.psnr_db)),
                 k.quality.mse,
-                100.0 * k.quality.mode_agreement
             );
         }
         let _ = writeln!(md, "\n![per-step sensitivity](sensitivity.svg)\n");
@@ -408,7 +524,79 @@ pub(crate) fn write(dir: &Path, out: &RunOutput) -> anyhow::Result<()> {
             "## The claim \"low precision is safe at high noise\"\n\n{claim}.\n"
         );
     }
+    if let Some(im) = &out.images {
+        pictures(dir, im, &mut md)?;
+    }
     let _ = writeln!(md, "```text\n{}```", text(out));
-    std::fs::write(dir.join("report.md"), md)?;
+    crate::png::write_atomic(&dir.join("report.md"), md.as_bytes())?;
+    Ok(())
+}
+
+/// A batch of images side by side (`shape.width * batch` wide), each value mapped by `grey`.
+fn strip(im: &RunImages, values: &[f32], grey: impl Fn(f32) -> u8) -> (usize, usize, Vec<u8>) {
+    let (w, h) = (im.shape.width, im.shape.height);
+    let batch = values.len() / im.shape.pixels().max(1);
+    let width = w * batch;
+    let mut px = vec![0u8; width * h];
+    for b in 0..batch {
+        for r in 0..h {
+            for c in 0..w {
+                px[r * width + b * w + c] = grey(values[b * w * h + r * w + c]);
+            }
+        }
+    }
+    (width, h, px)
+}
+
+/// A file name for a schedule name (names are ours: letters, digits and dashes).
+fn file_stem(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The height maps as PNG (black -1, white 1) and each run's difference from FP32 (mid grey 0,
+/// black and white at minus and plus that run's largest difference, named in the table).
+fn pictures(dir: &Path, im: &RunImages, md: &mut String) -> anyhow::Result<()> {
+    let height = |v: f32| ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8;
+    let (w, h, px) = strip(im, &im.reference, height);
+    crate::png::write_grey(&dir.join("fp32.png"), w, h, &px)?;
+    let _ = writeln!(
+        md,
+        "## Height maps\n\nThe FP32 batch (black -1, white 1):\n\n![fp32](fp32.png)\n\n\
+         Each schedule's batch from the same noise, and its difference from FP32 (mid grey 0; black \
+         and white at minus and plus the largest difference, given beside it):\n\n\
+         | schedule | height maps | difference | largest difference |\n|---|---|---|---:|"
+    );
+    for (name, samples) in im.names.iter().zip(&im.samples) {
+        if name == "fp32" {
+            continue;
+        }
+        let stem = file_stem(name);
+        let (w, h, px) = strip(im, samples, height);
+        crate::png::write_grey(&dir.join(format!("{stem}.png")), w, h, &px)?;
+        let diff: Vec<f32> = samples
+            .iter()
+            .zip(&im.reference)
+            .map(|(a, b)| a - b)
+            .collect();
+        let peak = diff.iter().fold(0f32, |m, d| m.max(d.abs()));
+        let scale = if peak > 0.0 { peak } else { 1.0 };
+        let (w, h, px) = strip(im, &diff, |d| {
+            ((d / scale).clamp(-1.0, 1.0) * 127.5 + 127.5).round() as u8
+        });
+        crate::png::write_grey(&dir.join(format!("{stem}_diff.png")), w, h, &px)?;
+        let _ = writeln!(
+            md,
+            "| {name} | ![{name}]({stem}.png) | ![{name} - fp32]({stem}_diff.png) | {peak:.3e} |"
+        );
+    }
+    let _ = writeln!(md);
     Ok(())
 }

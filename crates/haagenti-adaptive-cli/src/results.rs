@@ -2,7 +2,7 @@
 //! other.
 
 use haagenti_adaptive::Precision;
-use haagenti_adaptive::runtime::{CalibrationReport, GmmConfig, Sampler, StepCosts};
+use haagenti_adaptive::runtime::{CalibrationReport, GmmConfig, ImageShape, Sampler, StepCosts};
 use serde::Serialize;
 
 /// One row of the results.
@@ -22,15 +22,46 @@ pub(crate) struct RunRow {
     pub(crate) psnr_db: Option<f64>,
     pub(crate) mode_agreement: f64,
     pub(crate) psnr_agreeing_db: Option<f64>,
+    /// Mean SSIM against FP32, for models whose samples are images.
+    pub(crate) ssim: Option<f64>,
     pub(crate) mse: f64,
     pub(crate) schedule: Vec<Precision>,
     pub(crate) step_seconds: Vec<f64>,
 }
 
+/// The model a run measured. The mixture serialises as its configuration (`k`, `d`, `s`,
+/// `seed`), as before there was a choice.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub(crate) enum ModelInfo {
+    Gmm(GmmConfig),
+    Terrain {
+        name: &'static str,
+        difficulty: f32,
+        /// Parameters of its Conv and Gemm weights.
+        params: usize,
+        /// Layers a block format cannot split, and the precision they run at instead of INT8 or
+        /// INT4.
+        promoted_layers: Vec<String>,
+    },
+}
+
+/// Final samples of every run, for models whose samples are images (the report's pictures).
+#[derive(Clone, Debug)]
+pub(crate) struct RunImages {
+    pub(crate) shape: ImageShape,
+    /// The FP32 run's samples.
+    pub(crate) reference: Vec<f32>,
+    /// Run names, in `RunOutput::runs` order.
+    pub(crate) names: Vec<String>,
+    /// Each run's samples, in the same order.
+    pub(crate) samples: Vec<Vec<f32>>,
+}
+
 /// Everything `run` measured.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct RunOutput {
-    pub(crate) model: GmmConfig,
+    pub(crate) model: ModelInfo,
     pub(crate) sampler: Sampler,
     pub(crate) steps: usize,
     pub(crate) batch: usize,
@@ -41,5 +72,9 @@ pub(crate) struct RunOutput {
     pub(crate) runs: Vec<RunRow>,
     pub(crate) calibration: Option<CalibrationReport>,
     pub(crate) claim: Option<String>,
+    /// The calibrated schedule's PSNR bound, when given as one.
+    pub(crate) min_psnr: Option<f64>,
     pub(crate) total_seconds: f64,
+    #[serde(skip)]
+    pub(crate) images: Option<RunImages>,
 }

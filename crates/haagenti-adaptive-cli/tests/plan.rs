@@ -592,7 +592,13 @@ fn plan_within_30s(args: &[&str]) -> Output {
 fn devices_fifos_directories_and_oversized_files_as_inputs_fail_quickly() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("profile.json");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
     let fifo = fifo.to_str().unwrap();
     let folder = dir.path().to_str().unwrap();
     // 16 MiB + 1 byte, sparse: one byte past the cap of every JSON input.
@@ -616,7 +622,10 @@ fn devices_fifos_directories_and_oversized_files_as_inputs_fail_quickly() {
             ("/dev/zero", "/dev/zero is a device, not a regular file"),
             (fifo, "is a FIFO, not a regular file"),
             (folder, "is a directory, not a regular file"),
-            (big, "is 16777217 bytes, more than the limit of 16777216 bytes"),
+            (
+                big,
+                "is 16777217 bytes, more than the limit of 16777216 bytes",
+            ),
         ];
         for (path, expect) in cases {
             let args = with(path);
@@ -624,4 +633,34 @@ fn devices_fifos_directories_and_oversized_files_as_inputs_fail_quickly() {
             fails_with(&plan_within_30s(&args), expect);
         }
     }
+}
+
+#[test]
+fn params_sizes_a_plan_for_a_network_on_the_probed_machine() {
+    // The terrain UNet's 10.4M Conv/Gemm parameters, on this machine's CPU and memory.
+    let text = stdout(&plan(&[
+        "--capabilities",
+        "probe",
+        "--params",
+        "10.4M",
+        "--steps",
+        "3",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["plan"]["model_params"], 10_400_000);
+    // FP32 weights of 10.4M parameters are 40 MB: any machine that runs the tests holds them.
+    let peak = v["plan"]["peak_vram_mb"].as_u64().unwrap();
+    assert!((1..=80).contains(&peak), "{peak}");
+    // --params is --model-params.
+    let long = stdout(&plan(&[
+        "--capabilities",
+        "probe",
+        "--model-params",
+        "10.4M",
+        "--steps",
+        "3",
+        "--json",
+    ]));
+    assert_eq!(text, long);
 }

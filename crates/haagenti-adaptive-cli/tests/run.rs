@@ -174,3 +174,130 @@ fn an_unwritable_report_folder_fails_before_the_run() {
     }
     assert_eq!(std::fs::read(&file).unwrap(), b"not a folder");
 }
+
+/// The terrain model's file, or `None` with the reason printed (a failure instead under
+/// `HAAGENTI_EXPECT_MODELS=1`, which CI sets after `cargo xtask fetch-model terrain`).
+fn terrain_model() -> Option<std::path::PathBuf> {
+    let path = haagenti_adaptive::nn::terrain_model_path().filter(|p| p.exists());
+    if path.is_none() {
+        let expect = std::env::var("HAAGENTI_EXPECT_MODELS").is_ok_and(|v| v == "1");
+        assert!(
+            !expect,
+            "HAAGENTI_EXPECT_MODELS=1 but the terrain model is missing: run `cargo xtask fetch-model terrain`"
+        );
+        eprintln!("skipped: no terrain model (run `cargo xtask fetch-model terrain`)");
+    }
+    path
+}
+
+#[test]
+fn run_terrain_at_tiny_settings() {
+    if terrain_model().is_none() {
+        return;
+    }
+    // Batch 1, 2 steps, 1 repeat: about 90 network evaluations of ~0.3 s. On the forced scalar
+    // path each is ~7x slower, so only FP32 and INT8 run there (no calibration).
+    let scalar = std::env::var("HAAGENTI_FORCE_SCALAR").is_ok_and(|v| v == "1");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = bin();
+    cmd.args([
+        "run",
+        "--model",
+        "terrain:difficulty=0.5",
+        "--batch",
+        "1",
+        "--steps",
+        "2",
+        "--repeats",
+        "1",
+        "--min-psnr",
+        "35",
+        "--json",
+        "--report",
+    ])
+    .arg(dir.path());
+    if scalar {
+        eprintln!("HAAGENTI_FORCE_SCALAR=1: fp32 and int8 only");
+        cmd.args(["--schedules", "int8"]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["model"]["name"], "terrain");
+    assert_eq!(v["model"]["difficulty"], 0.5);
+    assert_eq!(v["sampler"], "consistency");
+    let sigmas = v["sigmas"].as_array().unwrap();
+    assert_eq!(sigmas.len(), 3);
+    assert_eq!(sigmas[0], 80.0);
+    assert_eq!(sigmas[2], 0.0);
+    let params = v["model"]["params"].as_u64().unwrap();
+    assert!(params > 10_000_000, "{params}");
+    let runs = v["runs"].as_array().unwrap();
+    let fp32 = &runs[0];
+    assert_eq!(fp32["name"], "fp32");
+    assert!(fp32["psnr_db"].is_null(), "fp32 against itself is exact");
+    assert_eq!(fp32["ssim"], 1.0);
+    // The resident bytes are this network's: 4 bytes a parameter at FP32 (biases and norms are
+    // not counted as weights), less at INT8.
+    assert_eq!(fp32["peak_weight_bytes"].as_u64().unwrap(), 4 * params);
+    let int8 = runs.iter().find(|r| r["name"] == "int8").unwrap();
+    assert!(int8["peak_weight_bytes"].as_u64().unwrap() < 2 * params);
+    for r in runs {
+        // SSIM is in [-1, 1]: INT4's maps can be anti-correlated with FP32's.
+        let ssim = r["ssim"].as_f64().unwrap();
+        assert!((-1.0..=1.0).contains(&ssim), "{r}");
+        assert_eq!(r["schedule"].as_array().unwrap().len(), 2);
+    }
+    assert!(int8["psnr_db"].as_f64().unwrap() > 10.0);
+    if !scalar {
+        let names: Vec<&str> = runs.iter().map(|r| r["name"].as_str().unwrap()).collect();
+        for want in ["fp16", "bf16", "int4", "noise-adaptive", "calibrated"] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        // --min-psnr 35 is the MSE budget 4 / 10^3.5.
+        let budget = v["calibration"]["budget"].as_f64().unwrap();
+        assert!((budget - 4.0 / 10f64.powf(3.5)).abs() < 1e-12, "{budget}");
+        assert!(v["calibration"]["calibration_mse"].as_f64().unwrap() <= budget);
+        let held_out = v["calibration"]["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["batch"] == "held-out" && c["name"] == "calibrated")
+            .unwrap();
+        assert!(held_out["quality"]["ssim"].as_f64().is_some());
+        assert!(v["claim"].as_str().unwrap().contains("INT8 at one step"));
+    }
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(md.contains("![fp32](fp32.png)"), "{md}");
+    for f in ["fp32.png", "int8.png", "int8_diff.png"] {
+        let png = std::fs::read(dir.path().join(f)).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{f}");
+        assert!(md.contains(f), "{f} not in report.md");
+    }
+}
+
+#[test]
+fn a_missing_terrain_model_names_the_fetch_command() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["run", "--model", "terrain"])
+        .env("HAAGENTI_MODELS", empty.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("cargo xtask fetch-model terrain"), "{err}");
+    let out = bin()
+        .args(["run", "--model", "terrain:difficulty=3"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("difficulty"), "{err}");
+}

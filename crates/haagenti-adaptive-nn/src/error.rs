@@ -53,6 +53,15 @@ pub enum NnError {
         message: String,
     },
 
+    /// A pretrained model's file is not in the model folder.
+    #[error("{path} is missing: run `cargo xtask fetch-model {model}`")]
+    ModelMissing {
+        /// Where it was looked for.
+        path: String,
+        /// The model's name for `cargo xtask fetch-model`.
+        model: &'static str,
+    },
+
     /// A kernel (quantization or matmul) failed.
     #[error("kernel error: {0}")]
     Kernel(#[from] KernelError),

@@ -222,11 +222,9 @@ impl<'a> GraphReader<'a> {
         else {
             return Ok(None);
         };
-        let grouping = self
-            .producer_op(norm.input(0)?, "Reshape")
-            .ok_or_else(|| {
-                NnError::Model("InstanceNormalization without a group reshape".into())
-            })?;
+        let grouping = self.producer_op(norm.input(0)?, "Reshape").ok_or_else(|| {
+            NnError::Model("InstanceNormalization without a group reshape".into())
+        })?;
         let shape = self.take_i64(grouping.input(1)?)?;
         let groups = match shape.as_slice() {
             [0, g, -1] if *g > 0 => *g as usize,

@@ -10,6 +10,9 @@
 //!   activation-by-activation products run in f32.
 //! - [`tensor_file`] reads and writes safetensors and `.npy` tensors for comparison with other
 //!   runtimes.
+//! - [`sampling`] sets up `run --model terrain` over the runtime's calibration API: the model
+//!   spec, the consistency sampler's noise levels, the initial noise and the quality measure
+//!   (PSNR and SSIM against FP32).
 //! - [`TerrainUnet`] is the network, built from the ONNX initializers with the architecture as
 //!   code, and implements the runtime's [`Denoiser`](haagenti_adaptive_runtime::Denoiser).
 //!
@@ -41,6 +44,7 @@ mod error;
 pub mod graph;
 pub mod layers;
 pub mod onnx;
+pub mod sampling;
 pub mod tensor_file;
 mod terrain;
 

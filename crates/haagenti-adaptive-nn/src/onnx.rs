@@ -174,10 +174,7 @@ impl Node {
     }
 
     fn missing(&self, what: &str, i: usize) -> NnError {
-        NnError::Model(format!(
-            "{} {} has no {what} {i}",
-            self.op_type, self.name
-        ))
+        NnError::Model(format!("{} {} has no {what} {i}", self.op_type, self.name))
     }
 }
 
@@ -203,12 +200,13 @@ impl OnnxModel {
     /// a device would read without end) or is larger than [`MAX_ONNX_BYTES`];
     /// [`NnError::Onnx`] when it is not a valid ONNX model with the tensor types read here.
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = haagenti_adaptive_kernels::io::read_capped(path, MAX_ONNX_BYTES).map_err(|e| {
-            NnError::Io {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            }
-        })?;
+        let bytes =
+            haagenti_adaptive_kernels::io::read_capped(path, MAX_ONNX_BYTES).map_err(|e| {
+                NnError::Io {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                }
+            })?;
         Self::decode(&bytes)
     }
 
@@ -324,7 +322,7 @@ fn initializer(t: TensorProto) -> Result<Initializer> {
             TensorData::F32(t.float_data)
         }
         DATA_TYPE_FLOAT => {
-            if t.raw_data.len() % 4 != 0 || t.raw_data.len() / 4 != len {
+            if !t.raw_data.len().is_multiple_of(4) || t.raw_data.len() / 4 != len {
                 return Err(raw_mismatch(&t.name, t.raw_data.len(), 4, &dims));
             }
             TensorData::F32(
@@ -341,7 +339,7 @@ fn initializer(t: TensorProto) -> Result<Initializer> {
             TensorData::I64(t.int64_data)
         }
         DATA_TYPE_INT64 => {
-            if t.raw_data.len() % 8 != 0 || t.raw_data.len() / 8 != len {
+            if !t.raw_data.len().is_multiple_of(8) || t.raw_data.len() / 8 != len {
                 return Err(raw_mismatch(&t.name, t.raw_data.len(), 8, &dims));
             }
             TensorData::I64(

@@ -217,7 +217,10 @@ fn read_npy(bytes: &[u8]) -> std::result::Result<Tensor, String> {
 ///
 /// [`NnError::TensorFile`] when the shape and data disagree or the file cannot be written.
 pub fn write(path: &Path, name: &str, tensor: &Tensor) -> Result<()> {
-    let len = tensor.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    let len = tensor
+        .shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d));
     if len != Some(tensor.data.len()) {
         return Err(file_error(
             path,

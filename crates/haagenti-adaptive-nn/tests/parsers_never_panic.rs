@@ -25,9 +25,18 @@ fn delimited(field: u32, body: &[u8]) -> Vec<u8> {
 /// small set, so cases reach the shape checks and the graph walks; plain bytes cover the rest.
 fn onnx_bytes() -> impl Strategy<Value = Vec<u8>> {
     let names = prop_oneof![Just("sigma"), Just("x"), Just("w"), Just("")];
-    let ops = prop_oneof![Just("Sub"), Just("Mul"), Just("Add"), Just("Conv"), Just("Clip")];
+    let ops = prop_oneof![
+        Just("Sub"),
+        Just("Mul"),
+        Just("Add"),
+        Just("Conv"),
+        Just("Clip")
+    ];
     let headed = (
-        proptest::collection::vec(any::<u64>().prop_map(|d| d % 5 + (d >> 62) * (u64::MAX / 4)), 0..4),
+        proptest::collection::vec(
+            any::<u64>().prop_map(|d| d % 5 + (d >> 62) * (u64::MAX / 4)),
+            0..4,
+        ),
         prop_oneof![Just(1u8), Just(7), any::<u8>()],
         proptest::collection::vec(any::<u8>(), 0..48),
         ops,
@@ -193,14 +202,18 @@ fn a_graph_with_missing_node_inputs_is_an_error() {
 fn npy_headers_above_the_limit_and_overflowing_shapes_are_refused() {
     let mut big = b"\x93NUMPY\x02\x00".to_vec();
     big.extend(u32::MAX.to_le_bytes());
-    let err = tensor_file::decode(&big, Format::Npy, None).unwrap_err().to_string();
+    let err = tensor_file::decode(&big, Format::Npy, None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("limit"), "{err}");
     // (2^62, 4) would wrap 4 * 2^62 * 4 bytes to 0 and match an empty body.
     let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 4), }\n";
     let mut npy = b"\x93NUMPY\x01\x00".to_vec();
     npy.extend(u16::try_from(header.len()).unwrap().to_le_bytes());
     npy.extend(header.as_bytes());
-    let err = tensor_file::decode(&npy, Format::Npy, None).unwrap_err().to_string();
+    let err = tensor_file::decode(&npy, Format::Npy, None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("overflows"), "{err}");
 }
 
@@ -209,7 +222,10 @@ fn npy_headers_above_the_limit_and_overflowing_shapes_are_refused() {
 fn non_regular_inputs_are_refused_without_reading() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("x.npy");
-    let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
     assert!(status.success());
     // Opening a FIFO would block until a writer came; the check refuses it first.
     let err = tensor_file::read(&fifo, None).unwrap_err().to_string();
@@ -218,6 +234,8 @@ fn non_regular_inputs_are_refused_without_reading() {
     assert!(err.contains("FIFO"), "{err}");
     let err = tensor_file::read(dir.path(), None).unwrap_err().to_string();
     assert!(err.contains("directory"), "{err}");
-    let err = OnnxModel::read(std::path::Path::new("/dev/zero")).unwrap_err().to_string();
+    let err = OnnxModel::read(std::path::Path::new("/dev/zero"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("device"), "{err}");
 }

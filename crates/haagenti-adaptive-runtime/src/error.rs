@@ -55,6 +55,11 @@ pub enum RuntimeError {
         why: &'static str,
     },
 
+    /// Images a quality measure cannot compare (zero or too small a side, a batch that is not
+    /// whole images).
+    #[error("invalid image: {0}")]
+    InvalidImage(String),
+
     /// Calibration inputs that cannot give a table (no precisions, non-finite budget, ...).
     #[error("calibration error: {0}")]
     Calibration(String),

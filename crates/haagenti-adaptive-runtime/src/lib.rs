@@ -8,6 +8,8 @@
 //!   gradual transitions), recording each step's precision, sigma, time and resident weight bytes.
 //! - [`GmmModel`]: the built-in reference model, the exact denoiser of a Gaussian mixture whose
 //!   means are its weights; both of its matrix products run through the quantized kernels.
+//! - [`image_quality`]: PSNR (over the fixed range of `[-1, 1]` data) and SSIM (11x11 gaussian
+//!   window, sigma 1.5) of a batch of images against the FP32 result from the same noise.
 //! - [`calibrate`]: the whole method for any [`Denoiser`]: per-step costs from real executor
 //!   steps ([`measure_step_costs`], with switch costs), per-step [`sensitivity`], the solver
 //!   search ([`solve_budget`], the schedule crate's exact solver with step and switch costs), and
@@ -38,6 +40,7 @@ mod denoiser;
 mod error;
 mod executor;
 mod gmm;
+mod image;
 mod limits;
 mod metrics;
 mod noise;
@@ -56,6 +59,9 @@ pub use denoiser::{Blend, Denoiser, Mix, denoise_mix};
 pub use error::{Result, RuntimeError};
 pub use executor::{Executor, RunRecord, StepRecord};
 pub use gmm::{GmmConfig, GmmModel, gaussian_noise, smooth_means};
+pub use image::{
+    ImageShape, SIGNED_UNIT_RANGE, SSIM_SIGMA, SSIM_WINDOW, image_quality, mse_for_psnr, psnr, ssim,
+};
 pub use limits::{MAX_BATCH_VALUES, MAX_MODEL_VALUES, MAX_REPEATS, MAX_STEPS, RunSize};
 pub use metrics::{Quality, mse, psnr_from_mse, quality};
 pub use noise::{karras_sigmas, validate_sigmas};

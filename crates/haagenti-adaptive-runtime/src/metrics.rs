@@ -49,6 +49,10 @@ pub struct Quality {
     pub mode_agreement: f64,
     /// PSNR over the samples whose component agrees (`NaN` when none does).
     pub psnr_agreeing_db: f64,
+    /// Mean SSIM over the batch's images, for samples that are images ([`image_quality`]);
+    /// `None` otherwise.
+    #[serde(default)]
+    pub ssim: Option<f64>,
 }
 
 impl Quality {
@@ -77,6 +81,7 @@ impl Quality {
             psnr_db: psnr,
             mode_agreement: 1.0,
             psnr_agreeing_db: psnr,
+            ssim: None,
         })
     }
 }
@@ -128,6 +133,7 @@ pub fn quality(
             agree.len() as f64 / batch as f64
         },
         psnr_agreeing_db,
+        ssim: None,
     })
 }
 
