@@ -13,8 +13,9 @@ use crate::{Denoiser, Executor, Result, RunPlan, RunRecord, RuntimeError};
 ///
 /// A step's cost is one whole sampler step (every denoiser evaluation it makes and the sampler's
 /// arithmetic), so a sampler whose steps make different numbers of evaluations is modelled
-/// exactly. The switch cost is what cold weights add: a step right after a step at another
-/// precision, and a run's first step, pay it.
+/// exactly. The switch cost is what a switch adds to the steps after it (freshly loaded, cold
+/// weights): the first step at a precision after another precision's step, and a run's first
+/// step, pay it.
 ///
 /// # Examples
 ///
@@ -197,11 +198,12 @@ impl Default for CostSampling {
 /// well under a millisecond its figures moved by 60 % from one process to the next, while whole
 /// runs moved by a few per cent, so predictions built on them missed the runs they predicted.
 ///
-/// The switch cost is the median extra time of a step that follows a step at another precision:
-/// at `probes` steps spread over the run, step `i - 1` runs at `p` from the trajectory's state
-/// (timed: cold, after the previous precision's step) and then step `i` at `p` (timed: warm).
-/// A run's first step pays the switch cost in [`StepCosts::predict`], so `seconds[0]` is the
-/// measured first step less it.
+/// The switch cost is the median extra time of the two steps after a switch: at `probes` steps
+/// spread over the run, `p` is loaded afresh (as a run loads it right before its first step),
+/// step `i - 1` runs at `p` from the trajectory's state after the previous precision's step, then
+/// step `i`; their excess over the same two steps of the uniform runs is the cost. A run's first
+/// step pays the switch cost in [`StepCosts::predict`], so `seconds[0]` is the measured first
+/// step less it.
 ///
 /// `on_progress(done, total)` is called after each probe round and each run. Precisions not
 /// resident are loaded for the measurement and released after; those resident before are
@@ -258,13 +260,7 @@ where
         &mut progress,
     );
     release(den, &loaded);
-    let (warm, cold) = timed?;
-    let switch_seconds: Vec<f64> = (0..precisions.len())
-        .map(|j| {
-            let extra: Vec<f64> = warm.iter().zip(&cold).map(|(w, c)| c[j] - w[j]).collect();
-            median(extra).max(0.0)
-        })
-        .collect();
+    let (after_switch, next) = timed?;
 
     // Whole runs load what they use and release it at their end: restore what was resident.
     let uniform: Vec<RunPlan> = precisions
@@ -296,6 +292,24 @@ where
     let mut seconds: Vec<Vec<f64>> = (0..steps)
         .map(|i| runs.iter().map(|r| r.step_seconds[i]).collect())
         .collect();
+    // A switch slows the step after it and, less, the next one (measured on the mixture: +1.5,
+    // +0.6 and +0.2 ms over steps of 1.4 ms after a switch to INT8), so its cost is the excess of
+    // both probe steps over the uniform runs' same steps.
+    let switch_seconds: Vec<f64> = (0..precisions.len())
+        .map(|j| {
+            let extra: Vec<f64> = probes
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| {
+                    let before = i.saturating_sub(1);
+                    let timed = after_switch[k][j] + if i == before { 0.0 } else { next[k][j] };
+                    let steady = seconds[before][j] + if i == before { 0.0 } else { seconds[i][j] };
+                    timed - steady
+                })
+                .collect();
+            median(extra).max(0.0)
+        })
+        .collect();
     for (first, switch) in seconds[0].iter_mut().zip(&switch_seconds) {
         *first = (*first - switch).max(0.0);
     }
@@ -326,7 +340,7 @@ fn probe_steps(steps: usize, probes: usize) -> Vec<usize> {
 /// Median seconds, `[probe][precision]`.
 type ProbeTimes = Vec<Vec<f64>>;
 
-/// Medians of warm and cold probe timings.
+/// Medians of the probes' two steps: the step right after a fresh load, and the step after it.
 #[allow(clippy::too_many_arguments)] // reason: one private helper of `measure_step_costs`
 fn time_probes<D, F>(
     exec: &Executor,
@@ -344,8 +358,8 @@ where
 {
     let steps = exec.steps();
     let uniform: Vec<Vec<Precision>> = precisions.iter().map(|&p| vec![p; steps]).collect();
-    let mut warm = vec![vec![Vec::with_capacity(sampling.rounds); precisions.len()]; probes.len()];
-    let mut cold = warm.clone();
+    let mut next = vec![vec![Vec::with_capacity(sampling.rounds); precisions.len()]; probes.len()];
+    let mut after_switch = next.clone();
     let total = sampling.rounds * probes.len();
     let mut done = 0;
     for _ in 0..sampling.rounds {
@@ -353,15 +367,19 @@ where
             let before = i.saturating_sub(1);
             for (j, ps) in uniform.iter().enumerate() {
                 let mut x = trajectory[before].clone();
+                // A run switches to a precision by loading it right before its first step:
+                // the probe follows a fresh load, as that step does.
+                den.release(precisions[j]);
+                den.load(precisions[j])?;
                 let t0 = Instant::now();
                 exec.advance(den, &mut x, batch, before, before + 1, ps)?;
-                cold[k][j].push(t0.elapsed().as_secs_f64());
+                after_switch[k][j].push(t0.elapsed().as_secs_f64());
                 if i == 0 {
                     x.copy_from_slice(&trajectory[0]);
                 }
                 let t0 = Instant::now();
                 exec.advance(den, &mut x, batch, i, i + 1, ps)?;
-                warm[k][j].push(t0.elapsed().as_secs_f64());
+                next[k][j].push(t0.elapsed().as_secs_f64());
             }
             done += 1;
             on_progress(done, total);
@@ -372,7 +390,7 @@ where
             .map(|row| row.into_iter().map(median).collect())
             .collect()
     };
-    Ok((medians(warm), medians(cold)))
+    Ok((medians(after_switch), medians(next)))
 }
 
 /// The median (upper median for an even count) of a non-empty list.
