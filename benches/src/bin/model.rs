@@ -27,6 +27,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use haagenti_adaptive_core::Precision;
+use haagenti_adaptive_kernels::io::check_output;
 use haagenti_adaptive_nn::tensor_file::{self, Tensor};
 use haagenti_adaptive_nn::{TERRAIN_SIZE, TerrainUnet, terrain_model_path};
 use haagenti_adaptive_runtime::{
@@ -221,7 +222,7 @@ fn main() -> anyhow::Result<()> {
                 shape: vec![batch, 1, TERRAIN_SIZE, TERRAIN_SIZE],
                 data: x.clone(),
             };
-            tensor_file::write(&path, "noisy", &t)?;
+            tensor_file::write(&check_output(&path, &[])?, "noisy", &t)?;
             ort.ask(&format!("load {} {SIGMA} {DIFFICULTY}", path.display()))?;
         }
         let mut fp32_out = Vec::new();
@@ -303,7 +304,7 @@ fn sampling(
             shape: vec![batch, 1, TERRAIN_SIZE, TERRAIN_SIZE],
             data: x0.clone(),
         };
-        tensor_file::write(&path, "noisy", &t)?;
+        tensor_file::write(&check_output(&path, &[])?, "noisy", &t)?;
         ort.ask(&format!("load {} 80 {}", path.display(), unet.difficulty()))?;
     }
     println!(

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Args;
 use haagenti_adaptive::Precision;
+use haagenti_adaptive::kernels::io::check_output;
 use haagenti_adaptive::nn::tensor_file::{self, Tensor};
 use haagenti_adaptive::nn::{TERRAIN_SIZE, TerrainUnet, terrain_model_path};
 use haagenti_adaptive::runtime::Denoiser;
@@ -47,6 +48,11 @@ pub(crate) fn run(args: DenoiseArgs) -> anyhow::Result<()> {
             args.model
         );
     }
+    // Checked before the work: the output must not be the input (by identity, through links),
+    // and must be a regular file or none.
+    let target = check_output(&args.out, &[&args.input])
+        .with_context(|| format!("--out {}", args.out.display()))?;
+    crate::signals::remove_temporaries_on_termination()?;
     let path =
         terrain_model_path().context("set HAAGENTI_MODELS or HOME to find the model folder")?;
     if !path.exists() {
@@ -80,7 +86,7 @@ pub(crate) fn run(args: DenoiseArgs) -> anyhow::Result<()> {
     };
     let seconds = start.elapsed().as_secs_f64();
     tensor_file::write(
-        &args.out,
+        &target,
         "denoised",
         &Tensor {
             shape: vec![batch, 1, TERRAIN_SIZE, TERRAIN_SIZE],

@@ -2,8 +2,10 @@
 //! f16 tensor, or the one named) and NumPy `.npy` (little-endian `<f4`, C order).
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::Path;
 
+use haagenti_adaptive_kernels::io::{AtomicFile, OutputPath};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::{NnError, Result};
@@ -65,6 +67,7 @@ fn file_error(path: &Path, message: impl Into<String>) -> NnError {
 /// # Examples
 ///
 /// ```
+/// use haagenti_adaptive_kernels::io::check_output;
 /// use haagenti_adaptive_nn::tensor_file::{Tensor, read, write};
 ///
 /// let dir = std::env::temp_dir().join(format!("tensor-file-doc-{}", std::process::id()));
@@ -72,7 +75,8 @@ fn file_error(path: &Path, message: impl Into<String>) -> NnError {
 /// let t = Tensor { shape: vec![2, 3], data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0] };
 /// for name in ["x.npy", "x.safetensors"] {
 ///     let path = dir.join(name);
-///     write(&path, "x", &t)?;
+///     let target = check_output(&path, &[]).unwrap();
+///     write(&target, "x", &t)?;
 ///     assert_eq!(read(&path, None)?, t);
 /// }
 /// # std::fs::remove_dir_all(&dir).ok();
@@ -213,10 +217,16 @@ fn read_npy(bytes: &[u8]) -> std::result::Result<Tensor, String> {
 
 /// Writes `tensor` as `.npy` (by extension) or as safetensors holding one f32 tensor `name`.
 ///
+/// The target was checked by [`check_output`](haagenti_adaptive_kernels::io::check_output)
+/// (a regular file or none, not one of the inputs: check it before the work that makes the
+/// tensor), and the file is written beside it and renamed into place, so a failed write leaves
+/// what was there.
+///
 /// # Errors
 ///
 /// [`NnError::TensorFile`] when the shape and data disagree or the file cannot be written.
-pub fn write(path: &Path, name: &str, tensor: &Tensor) -> Result<()> {
+pub fn write(target: &OutputPath, name: &str, tensor: &Tensor) -> Result<()> {
+    let path = target.path();
     let len = tensor
         .shape
         .iter()
@@ -250,5 +260,10 @@ pub fn write(path: &Path, name: &str, tensor: &Tensor) -> Result<()> {
         safetensors::serialize([(name, view)], None::<HashMap<String, String>>)
             .map_err(|e| file_error(path, e.to_string()))?
     };
-    std::fs::write(path, bytes).map_err(|e| file_error(path, e.to_string()))
+    let io = |e: haagenti_adaptive_kernels::io::IoError| file_error(path, e.to_string());
+    let mut file = AtomicFile::create(target).map_err(io)?;
+    file.file()
+        .write_all(&bytes)
+        .map_err(|e| file_error(path, e.to_string()))?;
+    file.commit().map_err(io)
 }
