@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use haagenti_adaptive::Precision;
-use haagenti_adaptive::runtime::{SIGNED_UNIT_RANGE, StepCosts, psnr_from_mse};
+use haagenti_adaptive::runtime::{PACE_TOLERANCE, SIGNED_UNIT_RANGE, StepCosts, psnr_from_mse};
 use plotters::prelude::*;
 
 use crate::results::{ModelInfo, RunImages, RunOutput};
@@ -139,6 +139,9 @@ pub(crate) fn text(out: &RunOutput) -> String {
             db(r.psnr_db),
         );
     }
+    if let Some(note) = pace_note(out.cost_pace) {
+        let _ = writeln!(s, "{note}");
+    }
     if let Some(c) = &out.calibration {
         let _ = writeln!(s);
         let _ = writeln!(
@@ -181,6 +184,18 @@ pub(crate) fn text(out: &RunOutput) -> String {
     }
     let _ = writeln!(s, "total {:.1} s", out.total_seconds);
     s
+}
+
+/// A warning when the FP32 run's pace against the cost table says the machine changed speed
+/// between the phases (see [`StepCosts::pace`]).
+fn pace_note(pace: f64) -> Option<String> {
+    ((pace - 1.0).abs() > PACE_TOLERANCE).then(|| {
+        format!(
+            "note: FP32 ran in {pace:.2}x the time the cost table predicts for it: the machine's \
+             speed changed between measuring costs and timing runs (another process, the clock), \
+             so the predicted speedups compare two different machines; rerun on a quiet machine"
+        )
+    })
 }
 
 fn level(p: Precision) -> f64 {
@@ -518,6 +533,9 @@ pub(crate) fn write(dir: &Path, out: &RunOutput) -> anyhow::Result<()> {
         }
         let _ = writeln!(md, "\n![per-step sensitivity](sensitivity.svg)\n");
     }
+    if let Some(note) = pace_note(out.cost_pace) {
+        let _ = writeln!(md, "{note}.\n");
+    }
     if let Some(claim) = &out.claim {
         let _ = writeln!(
             md,
@@ -599,4 +617,19 @@ fn pictures(dir: &Path, im: &RunImages, md: &mut String) -> anyhow::Result<()> {
     }
     let _ = writeln!(md);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pace_note;
+
+    #[test]
+    fn a_pace_outside_the_tolerance_is_reported() {
+        assert_eq!(pace_note(1.0), None);
+        assert_eq!(pace_note(1.14), None);
+        assert_eq!(pace_note(0.86), None);
+        let note = pace_note(0.61).expect("a 0.61 pace is a changed machine");
+        assert!(note.contains("0.61x"), "{note}");
+        assert!(pace_note(1.2).is_some());
+    }
 }

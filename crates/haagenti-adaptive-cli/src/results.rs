@@ -72,6 +72,10 @@ pub(crate) struct RunOutput {
     pub(crate) runs: Vec<RunRow>,
     pub(crate) calibration: Option<CalibrationReport>,
     pub(crate) claim: Option<String>,
+    /// The FP32 run's measured time over the time the cost table predicts for it: far from 1,
+    /// the machine's speed changed between measuring costs and timing runs, and the predicted
+    /// speedups compare two different machines.
+    pub(crate) cost_pace: f64,
     /// The calibrated schedule's PSNR bound, when given as one.
     pub(crate) min_psnr: Option<f64>,
     pub(crate) total_seconds: f64,

@@ -258,6 +258,8 @@ struct SuiteResult {
     runs: Vec<RunRow>,
     calibration: Option<CalibrationReport>,
     claim: Option<String>,
+    /// The FP32 run's pace against the cost table ([`StepCosts::pace`]).
+    cost_pace: f64,
     /// FP32's final samples, then each run's (in `runs` order, FP32 included).
     samples: Vec<Vec<f32>>,
 }
@@ -377,6 +379,7 @@ where
     let reference = timed[0].record.samples.clone();
     let fp32_time = timed[0].seconds;
     let fp32_pred = costs.predict(&RunPlan::uniform("fp32", Precision::FP32, steps))?;
+    let cost_pace = costs.pace(&plans[0], fp32_time)?;
     let mut runs = Vec::new();
     let mut samples = vec![reference.clone()];
     for (plan, t) in plans.iter().zip(&timed) {
@@ -406,6 +409,7 @@ where
         runs,
         calibration,
         claim,
+        cost_pace,
         samples,
     })
 }
@@ -541,6 +545,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
         runs: result.runs,
         calibration: result.calibration,
         claim: result.claim,
+        cost_pace: result.cost_pace,
         min_psnr: args.min_psnr,
         total_seconds: start.elapsed().as_secs_f64(),
         images,

@@ -69,6 +69,7 @@ pub use plan::{RunPlan, StepResidency};
 pub use rng::SplitMix64;
 pub use sampler::{ConsistencyNoise, Sampler, StepBuffers};
 pub use timing::{
-    CostSampling, StepCosts, TimedRun, fp32_trajectory, measure_step_costs, time_plans,
+    CostSampling, PACE_TOLERANCE, StepCosts, TimedRun, fp32_trajectory, measure_step_costs,
+    time_plans,
 };
 pub use weights::{ResidentCopy, WeightSet};

@@ -94,7 +94,57 @@ impl StepCosts {
         }
         Ok(total)
     }
+
+    /// How the machine's pace moved between measuring these costs and a later timing of `plan`:
+    /// `measured_seconds` over the seconds [`predict`](Self::predict) gives `plan`.
+    ///
+    /// Near 1 when both ran on a machine of the same speed. A predicted speedup is a ratio of
+    /// two predictions, so it holds only as far as every plan's pace moved alike; a pace outside
+    /// `1 ± PACE_TOLERANCE` (another process started, the clock changed between the phases)
+    /// says the costs and the runs saw different machines, and the slowdown of a shared machine
+    /// is rarely uniform: a product spread over every core loses more than one that barely
+    /// uses them.
+    ///
+    /// ```
+    /// use haagenti_adaptive_core::Precision::FP32;
+    /// use haagenti_adaptive_runtime::{PACE_TOLERANCE, RunPlan, StepCosts};
+    ///
+    /// let costs = StepCosts {
+    ///     precisions: vec![FP32],
+    ///     seconds: vec![vec![1.0]; 4],
+    ///     switch_seconds: vec![0.0],
+    ///     batch: 1,
+    /// };
+    /// let fp32 = RunPlan::uniform("fp32", FP32, 4);
+    /// let pace = costs.pace(&fp32, 2.4)?;
+    /// assert!((pace - 0.6).abs() < 1e-12 && (pace - 1.0).abs() > PACE_TOLERANCE);
+    /// # Ok::<(), haagenti_adaptive_runtime::RuntimeError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`predict`](Self::predict)'s errors, and [`RuntimeError::Calibration`] for a measured
+    /// time that is not positive and finite.
+    pub fn pace(&self, plan: &RunPlan, measured_seconds: f64) -> Result<f64> {
+        if !(measured_seconds.is_finite() && measured_seconds > 0.0) {
+            return Err(RuntimeError::Calibration(format!(
+                "a measured time of {measured_seconds} s"
+            )));
+        }
+        let predicted = self.predict(plan)?;
+        if predicted <= 0.0 {
+            return Err(RuntimeError::Calibration(format!(
+                "plan {} predicted at {predicted} s",
+                plan.name
+            )));
+        }
+        Ok(measured_seconds / predicted)
+    }
 }
+
+/// How far [`StepCosts::pace`] may move from 1 before predictions built on the costs are in
+/// doubt: the precision the issue asks of predicted speedups (15 %).
+pub const PACE_TOLERANCE: f64 = 0.15;
 
 /// The model's FP32 trajectory from `x0` (`batch x dim`): the state before each step and the
 /// final samples, `steps + 1` states. FP32 is loaded for the run if it was not resident, and
