@@ -273,6 +273,26 @@ pub(crate) fn half_panel_gemm(
     }
 }
 
+/// f16 (`bf` false) or bf16 little-endian `bytes` widened to f32 into `dst`
+/// (`bytes.len() == 2 * dst.len()`); misaligned bytes are widened one value at a time.
+pub(crate) fn half_to_f32(_t: Neon, bf: bool, bytes: &[u8], dst: &mut [f32]) {
+    debug_assert_eq!(bytes.len(), 2 * dst.len());
+    if bf {
+        let src = as_half::<half::bf16>(bytes);
+        if src.len() == dst.len() {
+            src.convert_to_f32_slice(dst);
+            return;
+        }
+    } else {
+        let src = as_half::<half::f16>(bytes);
+        if src.len() == dst.len() {
+            src.convert_to_f32_slice(dst);
+            return;
+        }
+    }
+    crate::matmul::widen_half_bytes(bf, bytes, dst);
+}
+
 /// [`half_panel_gemm`] for one of f16/bf16.
 fn panel_gemm<E: HalfBits>(w: &[E], s: &Shape, x: &[f32], n0: usize, n1: usize, buf: &mut [f32])
 where

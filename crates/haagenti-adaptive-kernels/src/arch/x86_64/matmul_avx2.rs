@@ -1147,6 +1147,26 @@ unsafe fn convert_half<E: StreamWeight>(src: &[E], dst: &mut [f32]) {
     }
 }
 
+/// f16 (`bf` false) or bf16 little-endian `bytes` widened to f32 into `dst`
+/// (`bytes.len() == 2 * dst.len()`); misaligned bytes are widened one value at a time.
+pub(crate) fn half_to_f32(_t: Avx2, bf: bool, bytes: &[u8], dst: &mut [f32]) {
+    debug_assert_eq!(bytes.len(), 2 * dst.len());
+    fn run<E: StreamWeight + HalfBits>(bf: bool, bytes: &[u8], dst: &mut [f32]) {
+        let src = as_half::<E>(bytes);
+        if src.len() == dst.len() {
+            // SAFETY: only called with the `Avx2` token in hand: AVX2/FMA/F16C are available.
+            unsafe { convert_half(src, dst) };
+        } else {
+            crate::matmul::widen_half_bytes(bf, bytes, dst);
+        }
+    }
+    if bf {
+        run::<half::bf16>(bf, bytes, dst);
+    } else {
+        run::<half::f16>(bf, bytes, dst);
+    }
+}
+
 /// f16/bf16 weight rows `n0..n1` converted to an f32 panel, multiplied by all activation rows
 /// with `gemm` on this thread, into `buf` (`m x (n1 - n0)`). Does nothing when the lengths are
 /// inconsistent.
