@@ -94,6 +94,7 @@ pub(crate) fn run(args: DenoiseArgs) -> anyhow::Result<()> {
         },
     )?;
     for (name, p) in unet.promotions(args.precision) {
+        let name = crate::printable::escape_controls(&name);
         eprintln!("{name} runs at {p} (a block cannot split its rows)");
     }
     if !layers.is_empty() {

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod denoise;
 mod plan;
 mod png;
+mod printable;
 mod probe;
 mod quantize;
 mod report;
@@ -49,8 +50,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // One line: the error and its causes, as a shell user expects.
-            eprintln!("error: {err:#}");
+            // One line: the error and its causes, as a shell user expects. Tensor names and
+            // paths in it come from files: escaped, a newline in a name cannot split the line
+            // and an escape sequence cannot reach the terminal.
+            eprintln!("error: {}", printable::escape_controls(&format!("{err:#}")));
             ExitCode::FAILURE
         }
     }

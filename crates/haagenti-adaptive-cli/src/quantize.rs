@@ -67,7 +67,7 @@ pub(crate) fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     let report = quantize_checkpoint(&args.input, &output, format, |p: &Progress<'_>| {
         bar.set_length(p.bytes_total);
         bar.set_position(p.bytes_done);
-        bar.set_message(format!("{}/{} {}", p.done, p.count, p.name));
+        bar.set_message(progress_message(p));
     });
     bar.finish_and_clear();
     let report = report?;
@@ -88,6 +88,17 @@ pub(crate) fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The progress bar's message: the tensor counts and the name just written, escaped and
+/// shortened as in the table (the bar draws on the terminal).
+fn progress_message(p: &Progress<'_>) -> String {
+    format!(
+        "{}/{} {}",
+        p.done,
+        p.count,
+        table_name(p.name, TABLE_NAME_MAX)
+    )
 }
 
 fn mib(bytes: u64) -> String {
@@ -117,16 +128,7 @@ fn fallback_note(f: Option<Fallback>) -> &'static str {
 /// cursor or recolour the terminal) and, when longer than `max` characters, its middle replaced
 /// by `...` (layer names differ at both ends).
 fn table_name(name: &str, max: usize) -> String {
-    let escaped: String = name
-        .chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect();
+    let escaped = crate::printable::escape_controls(name);
     let n = escaped.chars().count();
     if n <= max {
         return escaped;
@@ -236,7 +238,26 @@ fn table(report: &CheckpointReport) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::table_name;
+    use super::{Progress, progress_message, table_name};
+
+    #[test]
+    fn progress_messages_escape_and_shorten_names() {
+        let name = format!("evil\u{1b}[2J\n{}.weight", "x".repeat(200));
+        let p = Progress {
+            name: &name,
+            done: 3,
+            count: 7,
+            bytes_done: 10,
+            bytes_total: 20,
+        };
+        let msg = progress_message(&p);
+        assert!(msg.starts_with("3/7 evil\\u{1b}[2J\\nxxx"), "{msg}");
+        assert!(!msg.contains('\u{1b}') && !msg.contains('\n'), "{msg}");
+        assert!(
+            msg.ends_with(".weight") && msg.chars().count() <= 4 + 60,
+            "{msg}"
+        );
+    }
 
     #[test]
     fn table_names_escape_control_characters_and_shorten_long_names() {

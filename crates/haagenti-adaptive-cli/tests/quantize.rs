@@ -544,6 +544,30 @@ fn names_with_escapes_and_65536_bytes_print_safely() {
 }
 
 #[test]
+fn a_name_with_escape_and_newline_is_escaped_in_the_error_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("model.safetensors");
+    let evil = "bad\u{1b}[31m\nerror: forged line.weight";
+    let mut w = f32_bytes(2 * 32, 0.0);
+    w[12..16].copy_from_slice(&f32::NAN.to_le_bytes());
+    let views = HashMap::from([(evil, TensorView::new(Dtype::F32, vec![2, 32], &w).unwrap())]);
+    safetensors::serialize_to_file(views, None, &input).unwrap();
+    // One line (the newline did not split it), naming the tensor escaped and the index.
+    assert_fails_cleanly(
+        dir.path(),
+        &input,
+        "tensor `bad\\u{1b}[31m\\nerror: forged line.weight`",
+    );
+    let out = quantize(
+        dir.path(),
+        &[os("model.safetensors"), os("--type"), os("q8_0")],
+    );
+    let err = stderr(&out);
+    assert!(!err.contains('\u{1b}'), "raw ESC in {err:?}");
+    assert!(err.contains("index 3"), "{err}");
+}
+
+#[test]
 fn a_shape_gguf_readers_refuse_is_refused_before_writing() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("model.safetensors");
