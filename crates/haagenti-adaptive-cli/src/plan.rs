@@ -442,4 +442,24 @@ mod tests {
         assert!(parse_params("lots").is_err());
         assert!(parse_params("1e30").is_err());
     }
+
+    proptest::proptest! {
+        /// Any text is a count or an error, never a panic (a multi-byte last character, `NaN`,
+        /// `inf`, a lone suffix).
+        #[test]
+        fn any_params_text_parses_or_fails(text in "\\PC{0,24}|[0-9.eE+-]{0,12}[kKmMbBgGtTx\u{e9}]?") {
+            if let Ok(n) = parse_params(&text) {
+                proptest::prop_assert!(n < u64::MAX);
+            }
+        }
+
+        /// Every integer round-trips; a whole number with a suffix is that number times the
+        /// suffix's power of ten, with or without spaces around it.
+        #[test]
+        fn params_round_trip(n in proptest::prelude::any::<u64>(), k in 0u64..1_000_000, suffix in 0usize..5) {
+            proptest::prop_assert_eq!(parse_params(&n.to_string()).unwrap(), n);
+            let (c, scale) = [('K', 1_000u64), ('m', 1_000_000), ('B', 1_000_000_000), ('g', 1_000_000_000), ('T', 1_000_000_000_000)][suffix];
+            proptest::prop_assert_eq!(parse_params(&format!(" {k}{c} ")).unwrap(), k * scale);
+        }
+    }
 }

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use haagenti_adaptive::kernels::Format;
 use haagenti_adaptive::kernels::checkpoint::{
-    CheckpointReport, Fallback, MAX_CHECKPOINT_BYTES, MAX_TENSOR_VALUES, Progress,
-    quantize_checkpoint,
+    CheckpointReport, Fallback, MAX_CHECKPOINT_BYTES, MAX_HEADER_BYTES, MAX_TENSOR_VALUES,
+    Progress, quantize_checkpoint,
 };
 use haagenti_adaptive::kernels::gguf::GGUF_LLAMA_CPP_MAX_NAME_LEN;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -21,12 +21,13 @@ const TABLE_NAME_MAX: usize = 60;
 /// Arguments of `haagenti-adaptive quantize`.
 #[derive(clap::Args)]
 #[command(after_help = format!(
-    "Limits: the checkpoint is a regular file of at most {} GiB with a header of at most 100 MB; \
+    "Limits: the checkpoint is a regular file of at most {} GiB with a header of at most {} MB; \
      a float tensor holds at most {MAX_TENSOR_VALUES} values. I8/I16/I32/I64/F64 tensors are \
      carried unchanged; dtypes GGUF has no type for (BOOL, U8, U16, U32, U64, F8...) are skipped \
      and listed. The output must be new or a regular file that is not the input; it is written \
      beside the target and renamed into place, and removed on error, Ctrl-C, SIGTERM or SIGHUP.",
-    MAX_CHECKPOINT_BYTES >> 30
+    MAX_CHECKPOINT_BYTES >> 30,
+    MAX_HEADER_BYTES / 1_000_000
 ))]
 pub(crate) struct QuantizeArgs {
     /// The safetensors checkpoint to read (F32, F16 and BF16 tensors are quantized).

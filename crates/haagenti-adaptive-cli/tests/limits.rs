@@ -149,3 +149,57 @@ fn plan_steps_past_the_schedule_limit_are_refused() {
     let help = bin().args(["plan", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("at most 100 000"));
 }
+
+#[test]
+fn quantize_help_names_every_limit() {
+    use haagenti_adaptive::kernels::checkpoint::{
+        MAX_CHECKPOINT_BYTES, MAX_HEADER_BYTES, MAX_TENSOR_VALUES,
+    };
+    let out = bin().args(["quantize", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for limit in [
+        format!("at most {} GiB", MAX_CHECKPOINT_BYTES >> 30),
+        format!("header of at most {} MB", MAX_HEADER_BYTES / 1_000_000),
+        format!("at most {MAX_TENSOR_VALUES} values"),
+        "regular file".to_owned(),
+    ] {
+        assert!(help.contains(&limit), "{limit:?} missing from {help}");
+    }
+}
+
+/// `plan` under a 1 GB address-space limit, so that an allocation sized by the minimum gap (the
+/// 412 GB one this once made) aborts the process and fails the test.
+#[cfg(unix)]
+fn plan_in_1gb(args: &[&str]) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 1000000 && exec \"$0\" plan \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_haagenti-adaptive"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[cfg(unix)]
+#[test]
+fn a_min_gap_of_u32_max_without_an_error_table_plans_in_bounded_memory() {
+    for steps in ["3", "100000"] {
+        let out = plan_in_1gb(&["--json", "--steps", steps, "--min-gap", "4294967295"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{steps} steps: {:?} {stderr}",
+            out.status
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let got = v["steps"].as_array().unwrap();
+        assert_eq!(got.len().to_string(), steps);
+        let changes = got
+            .windows(2)
+            .filter(|w| w[0]["precision"] != w[1]["precision"])
+            .count();
+        assert!(changes <= 1, "{changes} changes under an unbounded gap");
+        assert!(v["plan"].is_object(), "no transition plan in {v}");
+    }
+}

@@ -668,3 +668,94 @@ fn sigterm_sigint_and_sighup_during_a_long_quantize_leave_no_temporary() {
         );
     }
 }
+
+/// Runs `quantize ARGS` in `dir`, killing it and failing the test if it takes over 30 s (a FIFO
+/// opened for reading or writing would block forever; `/dev/zero` would read forever).
+#[cfg(unix)]
+fn quantize_within_30s(dir: &Path, args: &[&std::ffi::OsStr]) -> Output {
+    let mut child = bin()
+        .current_dir(dir)
+        .arg("quantize")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(30) {
+            child.kill().unwrap();
+            panic!("quantize {args:?} did not finish within 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[cfg(unix)]
+#[test]
+fn dev_zero_and_a_directory_as_input_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("model.safetensors")).unwrap();
+    let before = files_in(dir.path());
+    for (input, expect) in [
+        ("/dev/zero", "/dev/zero is a device, not a regular file"),
+        ("model.safetensors", "is a directory, not a regular file"),
+    ] {
+        let out = quantize_within_30s(
+            dir.path(),
+            &[
+                os(input),
+                os("--type"),
+                os("q8_0"),
+                os("--out"),
+                os("out.gguf"),
+            ],
+        );
+        assert_eq!(out.status.code(), Some(1), "{input}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(expect), "{input}: {err}");
+        assert_eq!(files_in(dir.path()), before, "{input}");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_and_a_socket_as_out_are_refused_before_any_work_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    // A NaN in the weights: were the output checked after the work, this error would come first.
+    let input = dir.path().join("model.safetensors");
+    let mut w = f32_bytes(64, 0.0);
+    w[0..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let views = HashMap::from([("w", TensorView::new(Dtype::F32, vec![2, 32], &w).unwrap())]);
+    safetensors::serialize_to_file(views, None, &input).unwrap();
+    let made = Command::new("mkfifo")
+        .arg(dir.path().join("fifo.gguf"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let _listener = std::os::unix::net::UnixListener::bind(dir.path().join("socket.gguf")).unwrap();
+    let before = files_in(dir.path());
+    for (out, expect) in [("fifo.gguf", "is a FIFO"), ("socket.gguf", "is a socket")] {
+        let o = quantize_within_30s(
+            dir.path(),
+            &[
+                os("model.safetensors"),
+                os("--type"),
+                os("q4_0"),
+                os("--out"),
+                os(out),
+            ],
+        );
+        assert_eq!(o.status.code(), Some(1), "--out {out}: {}", stderr(&o));
+        assert!(stderr(&o).contains(expect), "{out}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("NaN"), "{out}: {}", stderr(&o));
+        assert_eq!(files_in(dir.path()), before, "--out {out}");
+    }
+    use std::os::unix::fs::FileTypeExt as _;
+    let fifo = std::fs::symlink_metadata(dir.path().join("fifo.gguf")).unwrap();
+    assert!(fifo.file_type().is_fifo(), "the FIFO was replaced");
+    let socket = std::fs::symlink_metadata(dir.path().join("socket.gguf")).unwrap();
+    assert!(socket.file_type().is_socket(), "the socket was replaced");
+}

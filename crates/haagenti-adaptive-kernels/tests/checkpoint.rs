@@ -391,3 +391,91 @@ fn empty_checkpoints_and_tensors_work() {
     let file = GgufFile::open(&output).unwrap();
     assert_eq!(file.tensor_info("nothing").unwrap().shape(), vec![0, 64]);
 }
+
+#[test]
+fn an_input_truncated_while_it_is_read_is_a_truncated_error_not_sigbus() {
+    // Two tensors; once the first is written, another handle cuts the file back to the end of
+    // the first tensor's bytes, after the header was checked against the full length. A
+    // memory-mapped reader would die of SIGBUS touching the second tensor; positioned reads
+    // see a short read.
+    let sources = vec![
+        Source::new("a.weight", Dtype::F32, &[64, 64], 1),
+        Source::new("b.weight", Dtype::F32, &[64, 64], 2),
+    ];
+    let (dir, input, output) = setup(&sources);
+    let full = std::fs::metadata(&input).unwrap().len();
+    let second = (64 * 64 * 4) as u64;
+    let mut cut = false;
+    let err = quantize_checkpoint(&input, &output, Format::Q8_0, |p| {
+        if p.done == 1 {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&input)
+                .unwrap();
+            file.set_len(full - second).unwrap();
+            cut = true;
+        }
+    })
+    .unwrap_err();
+    assert!(cut, "the progress callback never ran");
+    match &err {
+        CheckpointError::Truncated { path } => assert_eq!(path, &input),
+        other => panic!("expected Truncated, got {other:?}"),
+    }
+    assert!(err.to_string().contains("became shorter while it was read"));
+    // No output and no temporary are left.
+    assert_eq!(files_in(dir.path()), vec!["model.safetensors"]);
+}
+
+#[test]
+fn i8_and_i16_tensors_come_out_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("small_ints.safetensors");
+    // Odd byte lengths (15 and 14), so the tensors after them need alignment padding, and the
+    // extremes of each type.
+    let i8s: Vec<u8> = [
+        -128i8, -1, 0, 1, 127, 5, -7, 9, 11, -13, 15, 17, -19, 21, 23,
+    ]
+    .iter()
+    .flat_map(|v| v.to_le_bytes())
+    .collect();
+    let i16s: Vec<u8> = [i16::MIN, -1, 0, 1, i16::MAX, 300, -300]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let w: Vec<u8> = weights(64, 3)
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let views = HashMap::from([
+        (
+            "codes",
+            TensorView::new(Dtype::I8, vec![3, 5], &i8s).unwrap(),
+        ),
+        ("ids", TensorView::new(Dtype::I16, vec![7], &i16s).unwrap()),
+        (
+            "w.weight",
+            TensorView::new(Dtype::F32, vec![2, 32], &w).unwrap(),
+        ),
+    ]);
+    safetensors::serialize_to_file(views, None, &input).unwrap();
+    let output = dir.path().join("small_ints.gguf");
+    let report = quantize_checkpoint(&input, &output, Format::Q4_1, |_| {}).unwrap();
+    // In file order, which safetensors sorts by alignment: the I16 tensor comes first.
+    let carried: Vec<(&str, &str, u64)> = report
+        .carried
+        .iter()
+        .map(|c| (c.name.as_str(), c.ggml_type, c.bytes))
+        .collect();
+    assert_eq!(carried, vec![("ids", "i16", 14), ("codes", "i8", 15)]);
+    assert!(report.skipped.is_empty());
+    let file = GgufFile::open(&output).unwrap();
+    assert_eq!(file.tensor_bytes("codes").unwrap(), &i8s[..]);
+    assert_eq!(file.tensor_bytes("ids").unwrap(), &i16s[..]);
+    let codes = file.tensor_info("codes").unwrap();
+    assert_eq!((codes.ggml_type, codes.shape()), (24, vec![3, 5]));
+    let ids = file.tensor_info("ids").unwrap();
+    assert_eq!((ids.ggml_type, ids.shape()), (25, vec![7]));
+    // The float tensor after them is intact too.
+    assert_eq!(file.tensor_info("w.weight").unwrap().shape(), vec![2, 32]);
+}

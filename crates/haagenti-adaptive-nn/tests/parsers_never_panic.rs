@@ -5,6 +5,7 @@
 use haagenti_adaptive_nn::TerrainUnet;
 use haagenti_adaptive_nn::graph::GraphReader;
 use haagenti_adaptive_nn::onnx::OnnxModel;
+use haagenti_adaptive_nn::sampling::TerrainSpec;
 use haagenti_adaptive_nn::tensor_file::{self, Format};
 use proptest::prelude::*;
 
@@ -133,6 +134,33 @@ fn safetensors_bytes() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
+    #[test]
+    fn any_terrain_spec_parses_or_fails(
+        text in "\\PC{0,32}|terrain(:[a-z ]{0,12}=?[0-9.eE+-]{0,8}(,[a-z]{0,10}=[0-9.naNif]{0,6}){0,2})?"
+    ) {
+        if let Ok(spec) = text.parse::<TerrainSpec>() {
+            prop_assert!((0.0..=1.0).contains(&spec.difficulty), "{text:?} gave {spec:?}");
+        }
+    }
+
+    #[test]
+    fn terrain_specs_round_trip(d in 0.0f32..=1.0, spaced in any::<bool>()) {
+        let text = if spaced {
+            format!(" terrain: difficulty = {d} ")
+        } else {
+            format!("terrain:difficulty={d}")
+        };
+        prop_assert_eq!(text.parse::<TerrainSpec>().unwrap(), TerrainSpec { difficulty: d });
+    }
+
+    #[test]
+    fn terrain_difficulties_outside_the_unit_interval_are_refused(
+        d in prop_oneof![-1e30f32..-1e-30, 1.000_001f32..1e30]
+    ) {
+        let err = format!("terrain:difficulty={d}").parse::<TerrainSpec>().unwrap_err();
+        prop_assert!(err.to_string().contains("outside [0, 1]"), "{err}");
+    }
+
     #[test]
     fn onnx_bytes_decode_or_fail(bytes in onnx_bytes()) {
         if let Ok(model) = OnnxModel::decode(&bytes) {

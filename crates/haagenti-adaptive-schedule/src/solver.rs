@@ -627,6 +627,26 @@ impl Assignment {
 /// that no precision can meet, the gap or residency constraint, or the smallest reachable total
 /// error against the budget.
 pub fn solve(table: &ErrorTable, options: &SolveOptions, bound: &ErrorBound) -> Result<Assignment> {
+    solve_limited(table, options, bound, MAX_PARETO_LABELS).map(|(a, _)| a)
+}
+
+/// What a solve kept, for the tests of the memory bound.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct SolveStats {
+    /// The most labels one subset's arena held.
+    max_arena: usize,
+    /// Pareto fronts thinned because they held more than the cap a state.
+    thinned: usize,
+}
+
+/// [`solve`] with `label_limit` in place of [`MAX_PARETO_LABELS`] (tests force thinning with a
+/// small one), returning what the arena held.
+fn solve_limited(
+    table: &ErrorTable,
+    options: &SolveOptions,
+    bound: &ErrorBound,
+    label_limit: usize,
+) -> Result<(Assignment, SolveStats)> {
     table.validate()?;
     if options.max_resident == 0 {
         return Err(err("max_resident must be at least 1"));
@@ -662,6 +682,8 @@ pub fn solve(table: &ErrorTable, options: &SolveOptions, bound: &ErrorBound) -> 
     let problem = Problem {
         table,
         gap,
+        label_limit,
+        stats: std::cell::Cell::new(SolveStats::default()),
         allowed: (0..steps)
             .map(|i| {
                 let tau = bound.step_bound(i);
@@ -690,7 +712,7 @@ pub fn solve(table: &ErrorTable, options: &SolveOptions, bound: &ErrorBound) -> 
         _ => Mode::Lexicographic,
     };
     if let Some(best) = problem.best_over_subsets(&candidates, k, mode, Objective::Cost)? {
-        return Ok(best);
+        return Ok((best, problem.stats.get()));
     }
     Err(err(infeasible_reason(
         &problem,
@@ -780,6 +802,10 @@ fn infeasible_reason(
 struct Problem<'a> {
     table: &'a ErrorTable,
     gap: usize,
+    /// The most labels a total-bound solve keeps ([`MAX_PARETO_LABELS`] outside tests).
+    label_limit: usize,
+    /// What the arena held, over every subset solved.
+    stats: std::cell::Cell<SolveStats>,
     /// `allowed[i][j]`: column `j` may run step `i` (supported and within the step's bound).
     allowed: Vec<Vec<bool>>,
 }
@@ -898,7 +924,7 @@ impl Problem<'_> {
         let states = subset.len() * g;
         // Every step keeps at most `front_cap` labels a state, so the arena holds at most
         // `MAX_PARETO_LABELS` (plus one a state and step) whatever the number of steps.
-        let front_cap = (MAX_PARETO_LABELS / steps.saturating_mul(states).max(1)).max(2);
+        let front_cap = (self.label_limit / steps.saturating_mul(states).max(1)).max(2);
         let state = |s: usize, r: usize| s * g + (r - 1);
         let mut arena: Vec<Label> = Vec::new();
         let mut layer: Vec<Vec<usize>> = vec![Vec::new(); states];
@@ -973,6 +999,11 @@ impl Problem<'_> {
                             }
                             keep
                         });
+                        if cands.len() > front_cap {
+                            let mut stats = self.stats.get();
+                            stats.thinned += 1;
+                            self.stats.set(stats);
+                        }
                         for c in thin_front(cands, front_cap) {
                             arena.push(c);
                             layer[st].push(arena.len() - 1);
@@ -981,6 +1012,9 @@ impl Problem<'_> {
                 }
             }
         }
+        let mut stats = self.stats.get();
+        stats.max_arena = stats.max_arena.max(arena.len());
+        self.stats.set(stats);
         let mut best: Option<Label> = None;
         for &li in layer.iter().flatten() {
             let l = arena[li];
@@ -1095,5 +1129,126 @@ mod tests {
         assert_eq!(subsets(&[1, 2, 3, 4, 5], 3).len(), 10);
         assert_eq!(subsets(&[1], 1), vec![vec![1]]);
         assert!(subsets(&[1, 2], 3).is_empty());
+    }
+
+    /// A table of `steps` rows over INT4, INT8, FP16, FP32 with per-step costs that differ a
+    /// little from step to step, so partial costs rarely tie and the Pareto fronts grow.
+    fn wide_front_table(steps: usize) -> ErrorTable {
+        use Precision::{FP16, FP32, INT4, INT8};
+        let errors = (0..steps)
+            .map(|i| {
+                let t = (i + 1) as f64 / steps as f64;
+                vec![0.01 * t, 0.002 * t, 0.0001 * t, 0.0]
+            })
+            .collect();
+        let step_costs = (0..steps)
+            .map(|i| {
+                let wobble = 1.0 + 0.013 * ((i * 7919) % 97) as f64 / 97.0;
+                vec![0.25 * wobble, 0.5 * wobble, 1.0, 2.0]
+            })
+            .collect();
+        ErrorTable::new(
+            vec![INT4, INT8, FP16, FP32],
+            None,
+            errors,
+            vec![0.25, 0.5, 1.0, 2.0],
+        )
+        .unwrap()
+        .with_step_costs(step_costs)
+        .unwrap()
+    }
+
+    /// The assignment meets the budget, the gap and residency options, and its totals are its
+    /// sequence's.
+    fn assert_meets(table: &ErrorTable, options: &SolveOptions, budget: f64, a: &Assignment) {
+        assert_eq!(a.precisions.len(), table.steps());
+        assert!(a.total_error <= budget, "{} > {budget}", a.total_error);
+        let cols: Vec<usize> = a
+            .precisions
+            .iter()
+            .map(|p| table.precisions.iter().position(|q| q == p).unwrap())
+            .collect();
+        assert_eq!(a.total_cost, table.sequence_cost(&cols));
+        let error: f64 = cols
+            .iter()
+            .enumerate()
+            .map(|(i, &j)| table.errors[i][j])
+            .sum();
+        assert!((a.total_error - error).abs() <= 1e-12 * error.max(1.0));
+        let changes: Vec<usize> = (1..cols.len())
+            .filter(|&i| cols[i] != cols[i - 1])
+            .collect();
+        assert!(
+            changes.windows(2).all(|w| w[1] - w[0] >= options.min_gap),
+            "transitions at {changes:?} closer than {}",
+            options.min_gap
+        );
+        assert!(a.resident().len() <= options.max_resident);
+    }
+
+    #[test]
+    fn thin_front_keeps_both_ends_and_at_most_the_cap() {
+        let front: Vec<Label> = (0..10)
+            .map(|i| Label {
+                cost: i as f64,
+                error: 10.0 - i as f64,
+                col: 0,
+                parent: ROOT,
+            })
+            .collect();
+        let kept = thin_front(front.clone(), 4);
+        let costs: Vec<f64> = kept.iter().map(|l| l.cost).collect();
+        assert_eq!(costs, vec![0.0, 3.0, 6.0, 9.0]);
+        assert_eq!(thin_front(front.clone(), 10).len(), 10);
+        assert_eq!(thin_front(front, 2).len(), 2);
+    }
+
+    #[test]
+    fn thinned_fronts_still_meet_every_constraint_and_bound_the_arena() {
+        let steps = 80;
+        let table = wide_front_table(steps);
+        let options = SolveOptions::default().min_gap(3).max_resident(3);
+        // Between all-INT8 (0.081) and all-INT4 (0.405): the fronts hold many labels.
+        let budget = 0.2;
+        let bound = ErrorBound::Total(budget);
+        let (exact, stats) = solve_limited(&table, &options, &bound, MAX_PARETO_LABELS).unwrap();
+        assert_eq!(stats.thinned, 0, "the real limit thinned an 80-step solve");
+        assert_meets(&table, &options, budget, &exact);
+        // A limit that leaves two labels a state forces thinning.
+        let states = 3 * 3;
+        let limit = steps * states * 2;
+        let (thinned, stats) = solve_limited(&table, &options, &bound, limit).unwrap();
+        assert!(stats.thinned > 0, "{stats:?}");
+        assert!(
+            stats.max_arena > 0 && stats.max_arena <= limit + states,
+            "{stats:?}"
+        );
+        assert_meets(&table, &options, budget, &thinned);
+        assert!(thinned.total_cost >= exact.total_cost);
+        assert!(
+            stats.max_arena
+                < solve_limited(&table, &options, &bound, usize::MAX)
+                    .unwrap()
+                    .1
+                    .max_arena
+        );
+    }
+
+    #[test]
+    fn a_5000_step_total_budget_solve_keeps_the_documented_bound() {
+        let steps = 5000;
+        let table = wide_front_table(steps);
+        let options = SolveOptions::default();
+        let budget = 20.0 * 0.01 * 0.5;
+        let bound = ErrorBound::Total(budget);
+        let (a, stats) = solve_limited(&table, &options, &bound, MAX_PARETO_LABELS).unwrap();
+        assert_meets(&table, &options, budget, &a);
+        // Four precisions, gap 1: four states a step, each front capped at
+        // MAX_PARETO_LABELS / (5000 x 4) = 419 labels, plus the first step's.
+        assert_eq!(MAX_PARETO_LABELS / (steps * 4), 419);
+        assert!(stats.max_arena <= MAX_PARETO_LABELS + 4, "{stats:?}");
+        // Measured: 19 891 fronts thinned, 8 351 150 labels at most. Without the thinning the
+        // fronts (and the memory) would grow with the square of the steps.
+        assert!(stats.thinned > 0, "{stats:?}");
     }
 }
