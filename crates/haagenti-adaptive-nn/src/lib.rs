@@ -45,6 +45,7 @@ pub mod graph;
 pub mod layers;
 pub mod onnx;
 pub mod sampling;
+mod strided;
 pub mod tensor_file;
 mod terrain;
 
