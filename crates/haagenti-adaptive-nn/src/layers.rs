@@ -12,6 +12,7 @@ use haagenti_adaptive_kernels::{
 };
 use rayon::prelude::*;
 
+use crate::math;
 use crate::strided::{self, Layout};
 use crate::{NnError, Result};
 
@@ -601,29 +602,28 @@ impl GroupNorm {
                 for (j, (po, px)) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)).enumerate() {
                     let b = (first + j) / hw;
                     let (mul, add) = (&mul[b * c..(b + 1) * c], &add[b * c..(b + 1) * c]);
-                    if silu {
-                        for (((o, &v), &m), &a) in po.iter_mut().zip(px).zip(mul).zip(add) {
-                            *o = silu_f32(v * m + a);
-                        }
-                    } else {
-                        for (((o, &v), &m), &a) in po.iter_mut().zip(px).zip(mul).zip(add) {
-                            *o = v * m + a;
-                        }
+                    for (((o, &v), &m), &a) in po.iter_mut().zip(px).zip(mul).zip(add) {
+                        *o = v * m + a;
                     }
+                }
+                // SiLU over the whole run at once, so that its exp vectorizes.
+                if silu {
+                    math::silu_in_place(out);
                 }
             });
         Ok(out)
     }
 }
 
-/// `x * sigmoid(x)`.
+/// `x * sigmoid(x)`, with [`math::exp`](crate::math::exp).
 pub fn silu_f32(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    math::silu_scalar(x)
 }
 
-/// SiLU in place.
+/// SiLU in place (vectorized where the kernels' path has SIMD).
 pub fn silu(x: &mut [f32]) {
-    x.par_iter_mut().for_each(|v| *v = silu_f32(*v));
+    x.par_chunks_mut(NORM_RUN_PIXELS)
+        .for_each(math::silu_in_place);
 }
 
 /// 2x2 average pooling with stride 2 (even sizes); returns the pooled activation and its shape.
@@ -779,16 +779,7 @@ impl Attention {
 
 /// Softmax of one row, in place, with the maximum subtracted first.
 fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for v in row.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in row.iter_mut() {
-        *v *= inv;
-    }
+    math::softmax_in_place(row);
 }
 
 #[cfg(test)]
