@@ -12,6 +12,8 @@ use haagenti_adaptive_kernels::{
 };
 use rayon::prelude::*;
 
+use crate::math;
+use crate::strided::{self, Layout};
 use crate::{NnError, Result};
 
 /// Largest activation magnitude an integer matmul takes as is: Q8_0 activation blocks store
@@ -31,6 +33,11 @@ const RESIDUAL_SCALE: f32 = 256.0;
 /// Pixels a task of [`GroupNorm::forward`] sums or writes: a 128x128 image splits into 16, enough
 /// for rayon to balance two to eight cores, while a task's per-channel sums stay small.
 const NORM_RUN_PIXELS: usize = 1024;
+
+/// Query rows an attention task computes scores for: 128 rows of the 32x32 level's 1024 keys
+/// are 512 KiB of scores, which stay in L2 from the q·kᵀ product through softmax to the product
+/// with v, and that level splits into 8 tasks an image for the pool.
+const QUERY_BLOCK: usize = 128;
 
 /// The precision a layer with `k` values per weight row runs at when the step asks for `p`:
 /// `p` itself, or for an integer block format that cannot split `k`, the nearest float precision
@@ -595,29 +602,28 @@ impl GroupNorm {
                 for (j, (po, px)) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)).enumerate() {
                     let b = (first + j) / hw;
                     let (mul, add) = (&mul[b * c..(b + 1) * c], &add[b * c..(b + 1) * c]);
-                    if silu {
-                        for (((o, &v), &m), &a) in po.iter_mut().zip(px).zip(mul).zip(add) {
-                            *o = silu_f32(v * m + a);
-                        }
-                    } else {
-                        for (((o, &v), &m), &a) in po.iter_mut().zip(px).zip(mul).zip(add) {
-                            *o = v * m + a;
-                        }
+                    for (((o, &v), &m), &a) in po.iter_mut().zip(px).zip(mul).zip(add) {
+                        *o = v * m + a;
                     }
+                }
+                // SiLU over the whole run at once, so that its exp vectorizes.
+                if silu {
+                    math::silu_in_place(out);
                 }
             });
         Ok(out)
     }
 }
 
-/// `x * sigmoid(x)`.
+/// `x * sigmoid(x)`, with [`math::exp`](crate::math::exp).
 pub fn silu_f32(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    math::silu_scalar(x)
 }
 
-/// SiLU in place.
+/// SiLU in place (vectorized where the kernels' path has SIMD).
 pub fn silu(x: &mut [f32]) {
-    x.par_iter_mut().for_each(|v| *v = silu_f32(*v));
+    x.par_chunks_mut(NORM_RUN_PIXELS)
+        .for_each(math::silu_in_place);
 }
 
 /// 2x2 average pooling with stride 2 (even sizes); returns the pooled activation and its shape.
@@ -685,7 +691,8 @@ pub fn fourier_embedding(t: &[f32], freqs: &[f32]) -> Vec<f32> {
 /// diffusion's `QKVAttention`: a 1x1 `qkv` convolution whose output channels are q, k and v (each
 /// split into heads of `head_channels`), `softmax(q kᵀ) v` per head with q and k both scaled by
 /// `head_channels^-1/4`, then the 1x1 `proj_out` convolution. The q·k and weights·v products run
-/// in f32 (activations by activations) through the kernels' `F32` matmul; softmax is f32.
+/// in f32 (activations by activations) on strided views of the qkv output, with no per-head
+/// copies; softmax is f32.
 #[derive(Clone, Debug)]
 pub struct Attention {
     /// The q, k, v projection.
@@ -712,37 +719,59 @@ impl Attention {
         p: Precision,
     ) -> Result<Vec<f32>> {
         let c = shape.channels;
+        let d = self.head_channels;
+        if d == 0 || !c.is_multiple_of(d) || self.qkv.out_channels() != 3 * c {
+            return Err(NnError::Model(format!(
+                "attention over {c} channels in heads of {d} with {} qkv channels",
+                self.qkv.out_channels()
+            )));
+        }
         let qkv = self.qkv.forward(h, shape, None, p)?;
         let t = shape.height * shape.width;
-        let d = self.head_channels;
         let heads = c / d;
         let mut attended = vec![0f32; shape.pixels() * c];
-        let mut q = vec![0f32; t * d];
-        let mut k = vec![0f32; t * d];
-        let mut vt = vec![0f32; d * t];
-        let mut scores = vec![0f32; t * t];
-        let mut head_out = vec![0f32; t * d];
-        for b in 0..shape.batch {
-            let rows = &qkv[b * t * 3 * c..(b + 1) * t * 3 * c];
-            for head in 0..heads {
-                for (s, row) in rows.chunks_exact(3 * c).enumerate() {
-                    let off = head * d;
-                    for j in 0..d {
-                        q[s * d + j] = row[off + j] * self.qk_scale;
-                        k[s * d + j] = row[c + off + j] * self.qk_scale;
-                        vt[j * t + s] = row[2 * c + off + j];
-                    }
-                }
-                let kt = QuantizedTensor::quantize(Format::F32, t, d, &k)?;
-                matmul(&q, t, &kt, &mut scores, Parallelism::Rayon)?;
-                scores.par_chunks_mut(t).for_each(softmax_in_place);
-                let v = QuantizedTensor::quantize(Format::F32, d, t, &vt)?;
-                matmul(&scores, t, &v, &mut head_out, Parallelism::Rayon)?;
-                let dst = &mut attended[b * t * c..(b + 1) * t * c];
-                for (s, o) in head_out.chunks_exact(d).enumerate() {
-                    dst[s * c + head * d..s * c + (head + 1) * d].copy_from_slice(o);
-                }
+        // Tasks are blocks of query rows of one image, each doing every head: its scores
+        // (QUERY_BLOCK x t) stay in cache through softmax and the product with v, and q, k and
+        // v are read in place from the qkv rows (3c values a pixel), each head's result
+        // written into its columns of `attended`.
+        let mut tasks = Vec::new();
+        for (b, image) in attended.chunks_mut((t * c).max(1)).enumerate() {
+            for (block, rows) in image.chunks_mut(QUERY_BLOCK * c).enumerate() {
+                tasks.push((b, block * QUERY_BLOCK, rows));
             }
+        }
+        let scale = self.qk_scale * self.qk_scale;
+        let stride = 3 * c;
+        let task = |(b, first, out): (usize, usize, &mut [f32])| -> Result<()> {
+            let rows = out.len() / c;
+            let image = &qkv[b * t * stride..(b + 1) * t * stride];
+            let mut scores = vec![0f32; rows * t];
+            let s = Layout::rows(0, rows, t, t);
+            for head in 0..heads {
+                let off = head * d;
+                let q = Layout::rows(first * stride + off, rows, d, stride);
+                let kt = Layout::rows(c + off, t, d, stride).transposed();
+                // (q s)·(k s) = s² q·k: the scale is applied once, to the scores.
+                strided::gemm(&mut scores, s, image, q, image, kt, scale)?;
+                scores.chunks_exact_mut(t).for_each(softmax_in_place);
+                let v = Layout::rows(2 * c + off, t, d, stride);
+                strided::gemm(
+                    out,
+                    Layout::rows(off, rows, d, c),
+                    &scores,
+                    s,
+                    image,
+                    v,
+                    1.0,
+                )?;
+            }
+            Ok(())
+        };
+        let macs = 2 * shape.batch * heads * t * t * d;
+        if Parallelism::Rayon.for_work(macs) == Parallelism::Rayon {
+            tasks.into_par_iter().try_for_each(task)?;
+        } else {
+            tasks.into_iter().try_for_each(task)?;
         }
         self.proj_out.forward(&attended, shape, Some(residual), p)
     }
@@ -750,16 +779,7 @@ impl Attention {
 
 /// Softmax of one row, in place, with the maximum subtracted first.
 fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for v in row.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in row.iter_mut() {
-        *v *= inv;
-    }
+    math::softmax_in_place(row);
 }
 
 #[cfg(test)]

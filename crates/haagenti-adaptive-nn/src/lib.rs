@@ -8,6 +8,8 @@
 //!   ([`layers::Weights`]: load / release / resident bytes), group norm, SiLU, attention, average
 //!   pooling, nearest up-sampling and the Fourier embedding. Norms, softmax and the attention's
 //!   activation-by-activation products run in f32.
+//! - [`math`] holds the elementwise functions: a vectorizing `exp` (a Cephes polynomial, AVX2
+//!   on the kernels' x86 SIMD paths, scalar under `HAAGENTI_FORCE_SCALAR=1`), softmax and SiLU.
 //! - [`tensor_file`] reads and writes safetensors and `.npy` tensors for comparison with other
 //!   runtimes.
 //! - [`sampling`] sets up `run --model terrain` over the runtime's calibration API: the model
@@ -43,8 +45,10 @@
 mod error;
 pub mod graph;
 pub mod layers;
+pub mod math;
 pub mod onnx;
 pub mod sampling;
+mod strided;
 pub mod tensor_file;
 mod terrain;
 

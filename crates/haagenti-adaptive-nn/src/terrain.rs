@@ -16,6 +16,7 @@ use crate::layers::{
 };
 use crate::onnx::OnnxModel;
 use crate::{NnError, Result};
+use rayon::prelude::*;
 
 /// The ONNX file's name in the model folder.
 pub const TERRAIN_FILE: &str = "terrain_consistency_unet_difficulty100.onnx";
@@ -713,18 +714,26 @@ impl TerrainUnet {
             width: TERRAIN_SIZE,
             channels: 1,
         };
-        let mut h = prof.time(
+        let h = prof.time(
             || conv_label(&self.input_conv, shape),
             || self.input_conv.forward(&scaled, shape, None, p),
         )?;
         shape = shape.with_channels(self.input_conv.out_channels());
-        let mut skips = vec![(h.clone(), shape)];
+        // Each encoder output is kept once, as the skip the decoder reads, and the next stage
+        // reads it there (no copy).
+        let mut skips = vec![(h, shape)];
         for stage in &self.input_stages {
-            (h, shape) = self.stage(stage, h, shape, &emb, p, prof)?;
-            skips.push((h.clone(), shape));
+            let (last, last_shape) = skips
+                .last()
+                .ok_or_else(|| NnError::Model("no encoder output".into()))?;
+            let next = self.stage(stage, last, *last_shape, &emb, p, prof)?;
+            skips.push(next);
         }
         let (m0, ma, m1) = &self.middle;
-        (h, shape) = self.res(m0, &h, shape, &emb, p, prof)?;
+        let (last, last_shape) = skips
+            .last()
+            .ok_or_else(|| NnError::Model("no encoder output".into()))?;
+        let (mut h, mut shape) = self.res(m0, last, *last_shape, &emb, p, prof)?;
         h = self.attend(ma, &h, shape, p, prof)?;
         (h, shape) = self.res(m1, &h, shape, &emb, p, prof)?;
         for stage in &self.output_stages {
@@ -734,7 +743,7 @@ impl TerrainUnet {
             // torch.cat([h, skip], dim=1) in NHWC: each pixel's channels, h's first.
             let joined = concat_channels(&h, shape.channels, &skip, skip_shape.channels);
             shape = shape.with_channels(shape.channels + skip_shape.channels);
-            (h, shape) = self.stage(stage, joined, shape, &emb, p, prof)?;
+            (h, shape) = self.stage(stage, &joined, shape, &emb, p, prof)?;
         }
         let normed = prof.time(
             || format!("group norm {}ch @{}", shape.channels, shape.height),
@@ -760,13 +769,13 @@ impl TerrainUnet {
     fn stage(
         &self,
         stage: &Stage,
-        h: Vec<f32>,
+        h: &[f32],
         shape: Shape,
         emb: &[f32],
         p: Precision,
         prof: &mut Profiler,
     ) -> Result<(Vec<f32>, Shape)> {
-        let (mut h, mut shape) = self.res(&stage.res, &h, shape, emb, p, prof)?;
+        let (mut h, mut shape) = self.res(&stage.res, h, shape, emb, p, prof)?;
         if let Some(a) = &stage.attention {
             h = self.attend(a, &h, shape, p, prof)?;
         }
@@ -844,13 +853,15 @@ impl TerrainUnet {
                 )
             },
         )?;
-        let skip = match &b.skip {
-            Some(s) => prof.time(|| conv_label(s, shape), || s.forward(x, shape, None, p))?,
-            None => x.to_vec(),
+        // The identity skip is the block's input itself, read in place by the output conv.
+        let projected = match &b.skip {
+            Some(s) => Some(prof.time(|| conv_label(s, shape), || s.forward(x, shape, None, p))?),
+            None => None,
         };
+        let skip = projected.as_deref().unwrap_or(x);
         let out = prof.time(
             || conv_label(&b.out_conv, out_shape),
-            || b.out_conv.forward(&h, out_shape, Some(&skip), p),
+            || b.out_conv.forward(&h, out_shape, Some(skip), p),
         )?;
         Ok((out, out_shape))
     }
@@ -867,11 +878,19 @@ fn conv_label(c: &Conv2d, shape: Shape) -> String {
 }
 
 fn concat_channels(a: &[f32], ca: usize, b: &[f32], cb: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(a.len() + b.len());
-    for (pa, pb) in a.chunks_exact(ca).zip(b.chunks_exact(cb)) {
-        out.extend_from_slice(pa);
-        out.extend_from_slice(pb);
+    let mut out = vec![0f32; a.len() + b.len()];
+    if ca + cb == 0 {
+        return out;
     }
+    // Split over the pool in runs of pixels: at 128x128 this copy is a few MiB.
+    out.par_chunks_mut(ca + cb)
+        .zip(a.par_chunks(ca.max(1)))
+        .zip(b.par_chunks(cb.max(1)))
+        .with_min_len(1024)
+        .for_each(|((o, pa), pb)| {
+            o[..ca].copy_from_slice(&pa[..ca]);
+            o[ca..].copy_from_slice(&pb[..cb]);
+        });
     out
 }
 
