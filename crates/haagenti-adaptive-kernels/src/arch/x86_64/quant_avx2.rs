@@ -15,11 +15,22 @@ use std::arch::x86_64::*;
 
 use crate::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
 use crate::dispatch::Avx2;
+use crate::matmul::pack::RowBlock;
 
 /// [`crate::scalar::quantize_row_q8_0`] with AVX2.
 pub(crate) fn quantize_row_q8_0(_t: Avx2, x: &[f32], out: &mut [BlockQ8_0]) {
     // SAFETY: the `Avx2` token exists only when AVX2, FMA and F16C were detected.
     unsafe { quantize_row_q8_0_avx2(x, out) }
+}
+
+/// Quantizes `x` (`32 * out.len()` values) to Q8_0 straight into the matmul's activation
+/// blocks, with their per-block sums, bit-exact with [`crate::scalar::quantize_row_q8_0`]
+/// followed by [`RowBlock::from_q8_0`]; `false` when a value is NaN or infinite (the blocks
+/// are then meaningless). One pass over `x`: the finiteness test rides on the block maximum's
+/// loads instead of a separate scan of the activations.
+pub(crate) fn pack_row_q8_0(_t: Avx2, x: &[f32], out: &mut [RowBlock]) -> bool {
+    // SAFETY: the `Avx2` token exists only when AVX2, FMA and F16C were detected.
+    unsafe { pack_row_q8_0_avx2(x, out) }
 }
 
 /// [`crate::scalar::quantize_row_q4_0`] with AVX2.
@@ -176,6 +187,65 @@ unsafe fn quantize_row_q8_0_avx2(x: &[f32], out: &mut [BlockQ8_0]) {
         // SAFETY: `qs` is 32 bytes, the size of one unaligned 256-bit store.
         unsafe { _mm256_storeu_si256(yb.qs.as_mut_ptr().cast::<__m256i>(), p) };
     }
+}
+
+/// # Safety
+///
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pack_row_q8_0_avx2(x: &[f32], out: &mut [RowBlock]) -> bool {
+    let sign = _mm256_set1_ps(-0.0);
+    let inf = _mm256_set1_ps(f32::INFINITY);
+    let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    // Lanes set where some |x| >= inf or is NaN (unordered): exactly the non-finite values.
+    let mut bad = _mm256_setzero_ps();
+    for (xb, yb) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let Ok(xb) = <&[f32; QK]>::try_from(xb) else {
+            continue;
+        };
+        let v = load_block(xb);
+        let a = v.map(|vk| _mm256_andnot_ps(sign, vk));
+        for &ak in &a {
+            bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_NLT_UQ>(ak, inf));
+        }
+        let amax = hmax(_mm256_max_ps(
+            _mm256_max_ps(a[0], a[1]),
+            _mm256_max_ps(a[2], a[3]),
+        ));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        if !id.is_finite() {
+            // As `quantize_row_q8_0_avx2`: the oracle defines this block.
+            let mut q = BlockQ8_0::default();
+            crate::scalar::quantize_row_q8_0(xb, std::slice::from_mut(&mut q));
+            *yb = RowBlock::from_q8_0(&q);
+            continue;
+        }
+        let df = from_f16_bits(to_f16_bits(d));
+        let idv = _mm256_set1_ps(id);
+        let q = v.map(|vk| round_away(_mm256_mul_ps(vk, idv)));
+        let p = _mm256_packs_epi16(
+            _mm256_packs_epi32(q[0], q[1]),
+            _mm256_packs_epi32(q[2], q[3]),
+        );
+        let p = _mm256_permutevar8x32_epi32(p, perm);
+        // SAFETY: `qs` is 32 bytes, the size of one unaligned 256-bit store.
+        unsafe { _mm256_storeu_si256(yb.qs.as_mut_ptr().cast::<__m256i>(), p) };
+        // Σ q of the stored (saturated) bytes: pairs to i16, then to i32, then across lanes.
+        let s = _mm256_madd_epi16(
+            _mm256_maddubs_epi16(_mm256_set1_epi8(1), p),
+            _mm256_set1_epi16(1),
+        );
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+        let sum = _mm_cvtsi128_si32(s);
+        yb.d = df;
+        yb.s = df * sum as f32;
+        yb.sum = sum;
+        yb.sum8 = 8 * sum;
+    }
+    _mm256_movemask_ps(bad) == 0
 }
 
 /// # Safety
