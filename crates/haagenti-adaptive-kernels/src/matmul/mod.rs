@@ -88,7 +88,8 @@ impl Parallelism {
 /// # Errors
 ///
 /// - [`KernelError::ShapeMismatch`] when `x.len() != m * k` or `out.len() != m * n`;
-/// - [`KernelError::NonFinite`] naming the first NaN or infinite value of `x`;
+/// - [`KernelError::NonFinite`] naming the first NaN or infinite value of `x` (for block
+///   formats found while the rows are quantized, so `out` may have been partly written);
 /// - [`KernelError::SizeOverflow`] when `m * k` or `m * n` overflows `usize`;
 /// - [`KernelError::InvalidData`] when `w`'s bytes do not match its shape.
 ///

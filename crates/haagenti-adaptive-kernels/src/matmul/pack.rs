@@ -241,8 +241,9 @@ mod tests {
     #[test]
     fn dispatched_packer_is_bit_exact_with_the_scalar_one() {
         // Rows of ordinary values, ties at .5, all-zero and tiny blocks (whose inverse scale
-        // overflows), saturating magnitudes, a row per case, odd block counts.
-        let nb = 7;
+        // overflows), saturating magnitudes, a row per case; 19 blocks: groups of eight and a
+        // remainder.
+        let nb = 19;
         let mut cases: Vec<Vec<f32>> = Vec::new();
         cases.push(
             (0..nb * QK)
@@ -252,6 +253,11 @@ mod tests {
         cases.push((0..nb * QK).map(|i| (i as f32 - 100.0) * 0.5).collect());
         cases.push(vec![0.0; nb * QK]);
         cases.push((0..nb * QK).map(|i| (i as f32) * 1e-42).collect());
+        cases.push(
+            (0..nb * QK)
+                .map(|i| if i / QK == 9 { 1e-41 } else { (i as f32).cos() })
+                .collect(),
+        );
         cases.push(
             (0..nb * QK)
                 .map(|i| if i % 3 == 0 { -3e38 } else { 1e38 })
@@ -278,7 +284,7 @@ mod tests {
         }
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             let mut x = cases[0].clone();
-            x[5 * QK + 17] = bad;
+            x[13 * QK + 17] = bad;
             let mut a = vec![RowBlock::ZERO; nb];
             assert!(!pack_rows(&x, &mut a), "{bad}");
             assert!(!pack_rows_scalar(&x, &mut a), "{bad}");
