@@ -88,7 +88,8 @@ impl Parallelism {
 /// # Errors
 ///
 /// - [`KernelError::ShapeMismatch`] when `x.len() != m * k` or `out.len() != m * n`;
-/// - [`KernelError::NonFinite`] naming the first NaN or infinite value of `x`;
+/// - [`KernelError::NonFinite`] naming the first NaN or infinite value of `x` (for block
+///   formats found while the rows are quantized, so `out` may have been partly written);
 /// - [`KernelError::SizeOverflow`] when `m * k` or `m * n` overflows `usize`;
 /// - [`KernelError::InvalidData`] when `w`'s bytes do not match its shape.
 ///
@@ -156,14 +157,14 @@ pub fn matmul_acc(
         return Ok(());
     }
     let par = par.for_work(shape.m * shape.n * shape.k);
+    if w.format().is_block() && shape.k > 0 {
+        // The activations' finiteness is checked by the quantizer's own pass over them.
+        return quant_matmul_f32(x, &shape, w, out, alpha, beta, par);
+    }
     check_finite_par(x, par)?;
     if shape.k == 0 {
         epilogue_zero(out, beta);
         return Ok(());
-    }
-    if w.format().is_block() {
-        let xq = pack::PackedX::new(x, shape.m, shape.k, par);
-        return quant_matmul(&xq, &shape, w, out, alpha, beta, par);
     }
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = crate::dispatch::avx2() {
@@ -252,6 +253,28 @@ fn quant_matmul(
     )
 }
 
+/// Block-format weights against f32 activations `x` (not yet checked for finiteness) on the
+/// dispatched path: the AVX2 driver quantizes rows inside its tasks when it splits by rows;
+/// otherwise the rows are quantized once into a [`pack::PackedX`] first.
+fn quant_matmul_f32(
+    x: &[f32],
+    s: &Shape,
+    w: &QuantizedTensor,
+    out: &mut [f32],
+    alpha: f32,
+    beta: f32,
+    par: Parallelism,
+) -> Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(t) = crate::dispatch::avx2() {
+        let path = crate::dispatch::kernel_path();
+        let wide = crate::dispatch::Avx512::for_path(path).filter(|t| t.vnni);
+        return x86::quant_matmul(t, wide, x86::Acts::Raw(x), s, w, out, alpha, beta, par);
+    }
+    let xq = pack::PackedX::new_checked(x, s.m, s.k, par)?;
+    quant_matmul(&xq, s, w, out, alpha, beta, par)
+}
+
 /// [`quant_matmul`] on the kernels of `path` (scalar where the CPU lacks it).
 #[allow(clippy::too_many_arguments)] // reason: the checked arguments and the path
 fn quant_matmul_on(
@@ -267,7 +290,7 @@ fn quant_matmul_on(
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = crate::dispatch::Avx2::for_path(path) {
         let wide = crate::dispatch::Avx512::for_path(path).filter(|t| t.vnni);
-        return x86::quant_matmul(t, wide, xq, s, w, out, alpha, beta, par);
+        return x86::quant_matmul(t, wide, x86::Acts::Packed(xq), s, w, out, alpha, beta, par);
     }
     #[cfg(target_arch = "aarch64")]
     if let Some(t) = crate::dispatch::Neon::for_path(path) {
@@ -865,10 +888,13 @@ fn float_matmul<T: FloatKernels>(
 mod x86 {
     //! The AVX2 driver: tiling and task split around the kernels of `arch::x86_64::matmul_avx2`.
 
-    use super::pack::PackedX;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::pack::{self, PackedX, RowBlock};
     use super::{Parallelism, Shape, Task, plan_tasks, run_tiles, threads};
     use crate::arch::x86_64::matmul_avx2 as k;
     use crate::arch::x86_64::matmul_avx512 as k512;
+    use crate::blocks::QK;
     use crate::dispatch::{Avx2, Avx512};
     use crate::error::Result;
     use crate::tensor::QuantizedTensor;
@@ -917,14 +943,37 @@ mod x86 {
         }
     }
 
-    /// Block-format weights against activation rows quantized in `packed`: the AVX-512
-    /// VNNI strip kernels when `wide` is given and there are two rows or more, the AVX2
-    /// kernels otherwise.
+    /// The activation rows of a block-format product: quantized already, or f32 values that
+    /// the driver quantizes (and checks for finiteness) itself.
+    #[derive(Clone, Copy)]
+    pub(super) enum Acts<'a> {
+        /// Rows quantized to Q8_0.
+        Packed(&'a PackedX),
+        /// `m x k` f32 values, not yet checked.
+        Raw(&'a [f32]),
+    }
+
+    /// Bytes of quantized activation rows a row-split task quantizes and runs at a time: a
+    /// slice that stays in L1/L2 while every weight strip passes over it.
+    const SUB_BYTES: usize = 64 << 10;
+
+    /// Block-format weights against `acts`: the AVX-512 VNNI strip kernels when `wide` is
+    /// given and there are two rows or more, the AVX2 kernels otherwise. With few weight rows
+    /// (all their strips fit in L2, see [`k::row_split_fits`]) the work is split by
+    /// activation rows only: every strip is repacked once per call and each task quantizes
+    /// its own rows, so that the f32 activations are read once and their blocks never leave
+    /// the cache; otherwise the rows are quantized once up front and tasks split weight rows
+    /// (and rows, when the weight rows alone give too few tasks).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::KernelError::NonFinite`] naming the first NaN or infinite value of raw
+    /// activations (`out` may then have been partly written).
     #[allow(clippy::too_many_arguments)] // reason: the public arguments, checked
     pub(super) fn quant_matmul(
         t: Avx2,
         wide: Option<Avx512>,
-        packed: &PackedX,
+        acts: Acts<'_>,
         s: &Shape,
         w: &QuantizedTensor,
         out: &mut [f32],
@@ -934,6 +983,18 @@ mod x86 {
     ) -> Result<()> {
         let (bytes, f) = (w.as_bytes(), w.format());
         let wide = wide.filter(|_| s.m >= 2);
+        let nb = s.k / QK;
+        if wide.is_none() && s.m >= 2 && k::row_split_fits(f, s.n, nb) {
+            return row_split(t, acts, s, w, out, alpha, beta, par);
+        }
+        let owned;
+        let packed = match acts {
+            Acts::Packed(p) => p,
+            Acts::Raw(x) => {
+                owned = PackedX::new_checked(x, s.m, s.k, par)?;
+                &owned
+            }
+        };
         // Row groups of the kernel's pass size, so tasks split rows between passes; weight
         // rows per task a multiple of the kernel's strip.
         let (mr, align) = match wide {
@@ -954,6 +1015,77 @@ mod x86 {
                 k::quant_task(t, f, bytes, s, packed, n0, n1, r0, r1, tile);
             }
         });
+        Ok(())
+    }
+
+    /// The row-split driver of [`quant_matmul`]: all weight rows repacked once, tasks of
+    /// consecutive activation rows (a multiple of the strip kernel's pass), each quantizing
+    /// (for raw activations) and running slices of [`SUB_BYTES`] against every strip.
+    #[allow(clippy::too_many_arguments)] // reason: the public arguments, checked
+    fn row_split(
+        t: Avx2,
+        acts: Acts<'_>,
+        s: &Shape,
+        w: &QuantizedTensor,
+        out: &mut [f32],
+        alpha: f32,
+        beta: f32,
+        par: Parallelism,
+    ) -> Result<()> {
+        let nb = s.k / QK;
+        let strips = k::PackedStrips::new(t, w.format(), w.as_bytes(), s);
+        let pass = k::rows_per_pass(s.m);
+        // Rows of one slice, and of one task: about 8 tasks a thread (rayon balances them
+        // when a hypervisor takes a core away for a while).
+        let sub = ((SUB_BYTES / (nb * size_of::<RowBlock>()).max(1)) / pass).max(1) * pass;
+        let th = threads(par);
+        let per_task = if th <= 1 {
+            s.m
+        } else {
+            s.m.div_ceil(8 * th).div_ceil(pass).max(1) * pass
+        };
+        let tasks: Vec<Task> = (0..s.m.div_ceil(per_task))
+            .map(|g| Task {
+                n0: 0,
+                n1: s.n,
+                g0: g,
+                g1: g + 1,
+            })
+            .collect();
+        let rows = |task: &Task| {
+            let r0 = task.g0 * per_task;
+            (r0, (r0 + per_task).min(s.m) - r0)
+        };
+        let bad = AtomicBool::new(false);
+        run_tiles(&tasks, s.n, out, alpha, beta, par, rows, |task, tile| {
+            let (r0, count) = rows(task);
+            let mut buf = match acts {
+                Acts::Raw(_) => vec![RowBlock::ZERO; sub.min(count) * nb],
+                Acts::Packed(_) => Vec::new(),
+            };
+            for j0 in (0..count).step_by(sub) {
+                let c = sub.min(count - j0);
+                let (a, b) = ((r0 + j0) * nb, (r0 + j0 + c) * nb);
+                let xr: &[RowBlock] = match acts {
+                    Acts::Packed(p) => &p.rows[a..b],
+                    Acts::Raw(x) => {
+                        let dst = &mut buf[..c * nb];
+                        if !pack::pack_rows(&x[a * QK..b * QK], dst) {
+                            bad.store(true, Ordering::Relaxed);
+                            return;
+                        }
+                        dst
+                    }
+                };
+                k::strips_task(t, &strips, xr, j0, tile);
+            }
+        });
+        if bad.load(Ordering::Relaxed)
+            && let Acts::Raw(x) = acts
+        {
+            super::check_finite(x)?;
+            debug_assert!(false, "the packer flagged finite activations");
+        }
         Ok(())
     }
 }
@@ -1226,6 +1358,58 @@ mod tests {
             matmul(&x, m, &w, &mut out, Parallelism::Rayon),
             Err(KernelError::NonFinite { index, .. }) if index == m * k - 3
         ));
+    }
+
+    #[test]
+    fn row_split_tasks_name_the_first_non_finite_value() {
+        // Many rows and few weight rows: the driver quantizes rows inside its tasks.
+        let (m, k, n) = (4099, 96, 13);
+        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.41).sin()).collect();
+        for format in [Format::Q8_0, Format::Q4_0, Format::Q4_1] {
+            let wq = QuantizedTensor::quantize(format, n, k, &w).unwrap();
+            let mut x = activations(m, k);
+            x[m * k - 40] = f32::NAN;
+            x[3000 * k + 5] = f32::INFINITY;
+            let mut out = vec![0.0; m * n];
+            assert!(matches!(
+                matmul(&x, m, &wq, &mut out, Parallelism::Rayon),
+                Err(KernelError::NonFinite { index, .. }) if index == 3000 * k + 5
+            ));
+        }
+    }
+
+    #[test]
+    fn row_split_matches_the_oracle_at_many_rows() {
+        // Odd row counts (last pass and last task short), weight rows not a multiple of 8,
+        // both entry points (raw and prequantized rows), accumulation with beta.
+        for &(m, k, n) in &[(2, 32, 1), (1201, 288, 32), (777, 64, 19), (3001, 160, 45)] {
+            let x = activations(m, k);
+            let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.53).cos() * 2.0).collect();
+            for format in [Format::Q8_0, Format::Q4_0, Format::Q4_1] {
+                let wq = QuantizedTensor::quantize(format, n, k, &w).unwrap();
+                let mut oracle = vec![0.5; m * n];
+                let mut mm = vec![0.0; m * n];
+                matmul_scalar(&x, m, &wq, &mut mm).unwrap();
+                for (o, v) in oracle.iter_mut().zip(&mm) {
+                    *o = 2.0 * *o + 0.5 * v;
+                }
+                let xq = pack::PackedX::quantize(&x, m, k, Parallelism::Rayon).unwrap();
+                for par in [Parallelism::Rayon, Parallelism::None] {
+                    let (mut raw, mut pre) = (vec![0.5; m * n], vec![0.5; m * n]);
+                    matmul_acc(&x, m, &wq, &mut raw, 0.5, 2.0, par).unwrap();
+                    matmul_q8_activations(&xq, &wq, &mut pre, 0.5, 2.0, par).unwrap();
+                    assert_eq!(raw, pre, "{format} {m}x{k}x{n}");
+                    for (i, (a, b)) in raw.iter().zip(&oracle).enumerate() {
+                        let (r, c) = (i / n, i % n);
+                        let mag: f32 = (0..k).map(|l| (x[r * k + l] * w[c * k + l]).abs()).sum();
+                        assert!(
+                            (a - b).abs() <= 1e-5 * mag.max(1.0) + 1e-5,
+                            "{format} {m}x{k}x{n} at ({r}, {c}): {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -820,6 +820,7 @@ fn strip_task<const F: u8>(
     tile: &mut TileOut,
 ) {
     let mut strip = Strip::new::<F>(nb);
+    let xr = &x.rows[r0 * nb..r1 * nb];
     let mut i0 = 0;
     while i0 < nc {
         let nr = (nc - i0).min(NR);
@@ -827,29 +828,163 @@ fn strip_task<const F: u8>(
         // start at `wbase + (i0 + r) * rb` and lie in the weights (the caller checked
         // `bytes.len() >= n1 * rb` with rb = nb * bb); the strip was made for `nb` blocks.
         unsafe { pack_strip::<F>(wbase.wrapping_add(i0 * rb), rb, nr, nb, &mut strip) };
-        let mut j = r0;
-        while j < r1 {
-            let mr = (r1 - j).min(MR);
-            let xp = x.rows[j * nb..].as_ptr();
-            let mut res = [[0.0f32; NR]; MR];
-            // SAFETY: as above; activation rows j .. j + mr <= x.m each have `nb` blocks at
-            // `xp + jj * nb` (the caller checked `rows.len() == m * nb`).
-            unsafe {
-                match mr {
-                    6 => store(&mut res, &strip_kernel6::<F>(&strip, nb, xp, nb)),
-                    5 => store(&mut res, &strip_kernel::<5, F>(&strip, nb, xp, nb)),
-                    4 => store(&mut res, &strip_kernel::<4, F>(&strip, nb, xp, nb)),
-                    3 => store(&mut res, &strip_kernel::<3, F>(&strip, nb, xp, nb)),
-                    2 => store(&mut res, &strip_kernel::<2, F>(&strip, nb, xp, nb)),
-                    _ => store(&mut res, &strip_kernel::<1, F>(&strip, nb, xp, nb)),
-                }
-            }
-            for (jj, r) in res.iter().enumerate().take(mr) {
-                tile.write(j + jj - r0, i0, &r[..nr]);
-            }
-            j += mr;
-        }
+        run_strip::<F>(&strip, nb, xr, 0, i0, nr, tile);
         i0 += nr;
+    }
+}
+
+/// The activation rows `x` (whole rows of `nb` blocks) against one packed strip, `MR` rows
+/// per pass, written to tile rows `row0..` and columns `i0..i0 + nr`. Only called with an
+/// [`Avx2`] token in hand and a strip packed for `nb` blocks; does nothing when the rows
+/// would leave the tile.
+fn run_strip<const F: u8>(
+    strip: &Strip,
+    nb: usize,
+    x: &[RowBlock],
+    row0: usize,
+    i0: usize,
+    nr: usize,
+    tile: &mut TileOut,
+) {
+    let nrows = x.len() / nb.max(1);
+    let consistent = nb > 0
+        && x.len() == nrows * nb
+        && strip.d.len() >= nb
+        && strip.q.len() >= 8 * nb
+        && nr <= NR
+        && row0 + nrows <= tile.rows()
+        && i0 + nr <= tile.cols();
+    debug_assert!(consistent, "run_strip: inconsistent lengths");
+    if !consistent {
+        return;
+    }
+    let mut j = 0;
+    while j < nrows {
+        let mr = (nrows - j).min(MR);
+        let xp = x[j * nb..].as_ptr();
+        let mut res = [[0.0f32; NR]; MR];
+        // SAFETY: the token's holder checked AVX2/FMA/F16C; rows j .. j + mr < nrows of `x`
+        // each have `nb` blocks at `xp + jj * nb` (checked `x.len() == nrows * nb`), and the
+        // strip holds `nb` blocks (checked above).
+        unsafe {
+            match mr {
+                6 => store(&mut res, &strip_kernel6::<F>(strip, nb, xp, nb)),
+                5 => store(&mut res, &strip_kernel::<5, F>(strip, nb, xp, nb)),
+                4 => store(&mut res, &strip_kernel::<4, F>(strip, nb, xp, nb)),
+                3 => store(&mut res, &strip_kernel::<3, F>(strip, nb, xp, nb)),
+                2 => store(&mut res, &strip_kernel::<2, F>(strip, nb, xp, nb)),
+                _ => store(&mut res, &strip_kernel::<1, F>(strip, nb, xp, nb)),
+            }
+        }
+        for (jj, r) in res.iter().enumerate().take(mr) {
+            tile.write(row0 + j + jj, i0, &r[..nr]);
+        }
+        j += mr;
+    }
+}
+
+/// Bytes of repacked strips (every weight row of a matrix) that the row-split driver keeps in
+/// L2 for all its activation rows: half of this machine class's 512 KiB L2.
+const ROW_SPLIT_STRIP_BYTES: usize = 256 << 10;
+
+/// Bytes of one strip block of format `f`: eight value vectors and the scale vector (and the
+/// minimum vector for Q4_1).
+fn strip_block_bytes(f: Format) -> usize {
+    let v = size_of::<__m256i>();
+    if f == Format::Q4_1 { 10 * v } else { 9 * v }
+}
+
+/// Whether all `n` weight rows of `nb` blocks, repacked into strips, fit the row-split
+/// driver's budget ([`ROW_SPLIT_STRIP_BYTES`]).
+pub(crate) fn row_split_fits(f: Format, n: usize, nb: usize) -> bool {
+    n.div_ceil(NR)
+        .checked_mul(nb)
+        .and_then(|b| b.checked_mul(strip_block_bytes(f)))
+        .is_some_and(|bytes| bytes <= ROW_SPLIT_STRIP_BYTES)
+}
+
+/// Every weight row of a block-format matrix repacked into strips, once per call, for the
+/// row-split driver (whose tasks all read every strip).
+pub(crate) struct PackedStrips {
+    /// Kernel selector of the format.
+    f: u8,
+    /// Blocks per row.
+    nb: usize,
+    /// Weight rows.
+    n: usize,
+    /// `n.div_ceil(8)` strips (the last zero-padded).
+    strips: Vec<Strip>,
+}
+
+impl PackedStrips {
+    /// Repacks all `s.n` rows of `bytes` (format `format`, checked against `s`); no strips
+    /// when the lengths are inconsistent or the format is not a block format.
+    pub(crate) fn new(_t: Avx2, format: Format, bytes: &[u8], s: &Shape) -> PackedStrips {
+        let f = match format {
+            Format::Q8_0 => Q8_0,
+            Format::Q4_0 => Q4_0,
+            _ => Q4_1,
+        };
+        let nb = s.k / 32;
+        let strips = match format {
+            Format::Q8_0 => pack_all::<Q8_0>(bytes, s, nb),
+            Format::Q4_0 => pack_all::<Q4_0>(bytes, s, nb),
+            Format::Q4_1 => pack_all::<Q4_1>(bytes, s, nb),
+            _ => Vec::new(),
+        };
+        PackedStrips {
+            f,
+            nb,
+            n: s.n,
+            strips,
+        }
+    }
+}
+
+/// [`PackedStrips::new`] for one format. Only called with an [`Avx2`] token in hand.
+fn pack_all<const F: u8>(bytes: &[u8], s: &Shape, nb: usize) -> Vec<Strip> {
+    let rb = s.row_bytes;
+    let consistent = rb == nb * block_bytes(F) && bytes.len() >= s.n * rb;
+    debug_assert!(consistent, "pack_all: inconsistent lengths");
+    if !consistent {
+        return Vec::new();
+    }
+    (0..s.n)
+        .step_by(NR)
+        .map(|i0| {
+            let mut strip = Strip::new::<F>(nb);
+            let nr = (s.n - i0).min(NR);
+            // SAFETY: the token's holder checked AVX2/FMA/F16C; rows i0 .. i0 + nr < n start
+            // at `i0 * rb + r * rb` inside `bytes` (checked `bytes.len() >= n * rb`, rb =
+            // nb * bb), and the strip was made for `nb` blocks.
+            unsafe { pack_strip::<F>(bytes.as_ptr().add(i0 * rb), rb, nr, nb, &mut strip) };
+            strip
+        })
+        .collect()
+}
+
+/// Activation rows `x` (whole rows of the strips' `nb` blocks) against every strip of `w`,
+/// written to rows `row0..` of `tile` (which covers all of `w`'s columns). Does nothing when
+/// the lengths are inconsistent.
+pub(crate) fn strips_task(
+    _t: Avx2,
+    w: &PackedStrips,
+    x: &[RowBlock],
+    row0: usize,
+    tile: &mut TileOut,
+) {
+    let consistent = tile.cols() == w.n && w.strips.len() == w.n.div_ceil(NR);
+    debug_assert!(consistent, "strips_task: inconsistent lengths");
+    if !consistent {
+        return;
+    }
+    for (si, strip) in w.strips.iter().enumerate() {
+        let (i0, nr) = (si * NR, (w.n - si * NR).min(NR));
+        match w.f {
+            Q8_0 => run_strip::<Q8_0>(strip, w.nb, x, row0, i0, nr, tile),
+            Q4_0 => run_strip::<Q4_0>(strip, w.nb, x, row0, i0, nr, tile),
+            _ => run_strip::<Q4_1>(strip, w.nb, x, row0, i0, nr, tile),
+        }
     }
 }
 

@@ -15,11 +15,22 @@ use std::arch::x86_64::*;
 
 use crate::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
 use crate::dispatch::Avx2;
+use crate::matmul::pack::RowBlock;
 
 /// [`crate::scalar::quantize_row_q8_0`] with AVX2.
 pub(crate) fn quantize_row_q8_0(_t: Avx2, x: &[f32], out: &mut [BlockQ8_0]) {
     // SAFETY: the `Avx2` token exists only when AVX2, FMA and F16C were detected.
     unsafe { quantize_row_q8_0_avx2(x, out) }
+}
+
+/// Quantizes `x` (`32 * out.len()` values) to Q8_0 straight into the matmul's activation
+/// blocks, with their per-block sums, bit-exact with [`crate::scalar::quantize_row_q8_0`]
+/// followed by [`RowBlock::from_q8_0`]; `false` when a value is NaN or infinite (the blocks
+/// are then meaningless). One pass over `x`: the finiteness test rides on the block maximum's
+/// loads instead of a separate scan of the activations.
+pub(crate) fn pack_row_q8_0(_t: Avx2, x: &[f32], out: &mut [RowBlock]) -> bool {
+    // SAFETY: the `Avx2` token exists only when AVX2, FMA and F16C were detected.
+    unsafe { pack_row_q8_0_avx2(x, out) }
 }
 
 /// [`crate::scalar::quantize_row_q4_0`] with AVX2.
@@ -176,6 +187,151 @@ unsafe fn quantize_row_q8_0_avx2(x: &[f32], out: &mut [BlockQ8_0]) {
         // SAFETY: `qs` is 32 bytes, the size of one unaligned 256-bit store.
         unsafe { _mm256_storeu_si256(yb.qs.as_mut_ptr().cast::<__m256i>(), p) };
     }
+}
+
+/// Lane `b` = the largest lane of `m[b]` (a transpose-and-reduce of eight vectors).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hmax8(m: &[__m256; 8]) -> __m256 {
+    // Per 128-bit half: [a{0,2}, b{0,2}, a{1,3}, b{1,3}] for the pair (a, b).
+    let pair =
+        |a: __m256, b: __m256| _mm256_max_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+    // Per 128-bit half: the maxima of that half of the four vectors, in order.
+    let quad = |p: __m256, q: __m256| {
+        _mm256_max_ps(
+            _mm256_shuffle_ps::<0b01_00_01_00>(p, q),
+            _mm256_shuffle_ps::<0b11_10_11_10>(p, q),
+        )
+    };
+    let c = quad(pair(m[0], m[1]), pair(m[2], m[3]));
+    let d = quad(pair(m[4], m[5]), pair(m[6], m[7]));
+    _mm256_max_ps(
+        _mm256_permute2f128_ps::<0x20>(c, d),
+        _mm256_permute2f128_ps::<0x31>(c, d),
+    )
+}
+
+/// Block `xb` quantized with inverse scale `id` (finite) into `yb`, whose scale as f32 is
+/// `df`: values, sums and scale terms.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pack_values(v: &[__m256; 4], id: f32, df: f32, yb: &mut RowBlock) {
+    let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let idv = _mm256_set1_ps(id);
+    let q = v.map(|vk| round_away(_mm256_mul_ps(vk, idv)));
+    // i32 -> i16 -> i8 saturating packs interleave 4-value groups across the two lanes; the
+    // permutation puts them back in order.
+    let p = _mm256_packs_epi16(
+        _mm256_packs_epi32(q[0], q[1]),
+        _mm256_packs_epi32(q[2], q[3]),
+    );
+    let p = _mm256_permutevar8x32_epi32(p, perm);
+    // SAFETY: `qs` is 32 bytes, the size of one unaligned 256-bit store.
+    unsafe { _mm256_storeu_si256(yb.qs.as_mut_ptr().cast::<__m256i>(), p) };
+    // Σ q of the stored (saturated) bytes: pairs to i16, then to i32, then across lanes.
+    let s = _mm256_madd_epi16(
+        _mm256_maddubs_epi16(_mm256_set1_epi8(1), p),
+        _mm256_set1_epi16(1),
+    );
+    let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    let sum = _mm_cvtsi128_si32(s);
+    yb.d = df;
+    yb.s = df * sum as f32;
+    yb.sum = sum;
+    yb.sum8 = 8 * sum;
+}
+
+/// Lanes set where `|v|` (`a`) is infinite or NaN, OR'ed into `bad`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn flag_non_finite(a: &[__m256; 4], bad: &mut __m256) {
+    let inf = _mm256_set1_ps(f32::INFINITY);
+    for &ak in a {
+        // Not-less-than, unordered: |x| >= inf, or NaN.
+        *bad = _mm256_or_ps(*bad, _mm256_cmp_ps::<_CMP_NLT_UQ>(ak, inf));
+    }
+}
+
+/// One block of [`pack_row_q8_0_avx2`], its scale computed on its own.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pack_block(xb: &[f32; QK], yb: &mut RowBlock, bad: &mut __m256) {
+    let sign = _mm256_set1_ps(-0.0);
+    let v = load_block(xb);
+    let a = v.map(|vk| _mm256_andnot_ps(sign, vk));
+    flag_non_finite(&a, bad);
+    let amax = hmax(_mm256_max_ps(
+        _mm256_max_ps(a[0], a[1]),
+        _mm256_max_ps(a[2], a[3]),
+    ));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    if !id.is_finite() {
+        // As `quantize_row_q8_0_avx2`: the oracle defines this block.
+        let mut q = BlockQ8_0::default();
+        crate::scalar::quantize_row_q8_0(xb, std::slice::from_mut(&mut q));
+        *yb = RowBlock::from_q8_0(&q);
+        return;
+    }
+    pack_values(&v, id, from_f16_bits(to_f16_bits(d)), yb);
+}
+
+/// # Safety
+///
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pack_row_q8_0_avx2(x: &[f32], out: &mut [RowBlock]) -> bool {
+    let sign = _mm256_set1_ps(-0.0);
+    let mut bad = _mm256_setzero_ps();
+    // Eight blocks at a time: their maxima, scales, inverse scales and f16 roundings as one
+    // vector each (the same IEEE operations as the scalar code, lane by lane), so that no
+    // block waits on a horizontal maximum and two scalar divisions before its values.
+    let mut xg = x.chunks_exact(8 * QK);
+    let mut og = out.chunks_exact_mut(8);
+    for (xs, os) in (&mut xg).zip(&mut og) {
+        let mut m = [_mm256_setzero_ps(); 8];
+        let mut blocks = [[_mm256_setzero_ps(); 4]; 8];
+        for (b, (xb, mb)) in xs.chunks_exact(QK).zip(m.iter_mut()).enumerate() {
+            let Ok(xb) = <&[f32; QK]>::try_from(xb) else {
+                continue;
+            };
+            let v = load_block(xb);
+            let a = v.map(|vk| _mm256_andnot_ps(sign, vk));
+            flag_non_finite(&a, &mut bad);
+            *mb = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+            blocks[b] = v;
+        }
+        let d = _mm256_div_ps(hmax8(&m), _mm256_set1_ps(127.0));
+        let nonzero = _mm256_cmp_ps::<_CMP_NEQ_UQ>(d, _mm256_setzero_ps());
+        let id = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0), d), nonzero);
+        let df = _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d));
+        let (mut ids, mut dfs) = ([0.0f32; 8], [0.0f32; 8]);
+        // SAFETY: both arrays are 8 writable f32; `storeu` needs no alignment.
+        unsafe {
+            _mm256_storeu_ps(ids.as_mut_ptr(), id);
+            _mm256_storeu_ps(dfs.as_mut_ptr(), df);
+        }
+        if ids.iter().all(|v| v.is_finite()) {
+            for (b, yb) in os.iter_mut().enumerate() {
+                pack_values(&blocks[b], ids[b], dfs[b], yb);
+            }
+        } else {
+            // A scale whose inverse overflows (or a non-finite value): block by block.
+            for (xb, yb) in xs.chunks_exact(QK).zip(os.iter_mut()) {
+                if let Ok(xb) = <&[f32; QK]>::try_from(xb) {
+                    pack_block(xb, yb, &mut bad);
+                }
+            }
+        }
+    }
+    for (xb, yb) in xg.remainder().chunks_exact(QK).zip(og.into_remainder()) {
+        if let Ok(xb) = <&[f32; QK]>::try_from(xb) {
+            pack_block(xb, yb, &mut bad);
+        }
+    }
+    _mm256_movemask_ps(bad) == 0
 }
 
 /// # Safety
