@@ -152,51 +152,39 @@ pub fn matmul_acc(
     beta: f32,
     par: Parallelism,
 ) -> Result<()> {
-    let shape = Shape::check_lengths(x, m, w, out)?;
-    if shape.m == 0 || shape.n == 0 {
+    let s = Shape::check_lengths(x, m, w, out)?;
+    if s.m == 0 || s.n == 0 {
         return Ok(());
     }
-    let par = par.for_work(shape.m * shape.n * shape.k);
-    if w.format().is_block() && shape.k > 0 {
+    let par = par.for_work(s.m * s.n * s.k);
+    let p = Product {
+        s,
+        w,
+        out,
+        alpha,
+        beta,
+        par,
+    };
+    if w.format().is_block() && s.k > 0 {
         // The activations' finiteness is checked by the quantizer's own pass over them.
-        return quant_matmul_f32(x, &shape, w, out, alpha, beta, par);
+        return quant_matmul_on(crate::dispatch::kernel_path(), Acts::Raw(x), p);
     }
     check_finite_par(x, par)?;
-    if shape.k == 0 {
-        epilogue_zero(out, beta);
+    if s.k == 0 {
+        epilogue_zero(p.out, beta);
         return Ok(());
     }
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = crate::dispatch::avx2() {
-        float_matmul(
-            t,
-            x,
-            &shape,
-            w.as_bytes(),
-            w.format(),
-            out,
-            alpha,
-            beta,
-            par,
-        );
+        float_matmul(t, x, p);
         return Ok(());
     }
     #[cfg(target_arch = "aarch64")]
     if let Some(t) = crate::dispatch::neon() {
-        float_matmul(
-            t,
-            x,
-            &shape,
-            w.as_bytes(),
-            w.format(),
-            out,
-            alpha,
-            beta,
-            par,
-        );
+        float_matmul(t, x, p);
         return Ok(());
     }
-    scalar::matmul_par(x, &shape, w, out, alpha, beta, par)
+    scalar::matmul_par(x, p)
 }
 
 /// `out = beta * out + alpha * (xq · wᵀ)` for block-format weights (Q8_0, Q4_0, Q4_1) and
@@ -219,85 +207,97 @@ pub(crate) fn matmul_q8_activations(
     beta: f32,
     par: Parallelism,
 ) -> Result<()> {
-    let shape = Shape::check_packed(xq, w, out)?;
-    if shape.m == 0 || shape.n == 0 {
+    let s = Shape::check_packed(xq, w, out)?;
+    if s.m == 0 || s.n == 0 {
         return Ok(());
     }
-    if shape.k == 0 {
+    if s.k == 0 {
         epilogue_zero(out, beta);
         return Ok(());
     }
-    quant_matmul(xq, &shape, w, out, alpha, beta, par)
-}
-
-/// Block-format weights against quantized activation rows on the dispatched path; `s` was
-/// checked against `xq`, `w` and `out`, and is not empty.
-fn quant_matmul(
-    xq: &pack::PackedX,
-    s: &Shape,
-    w: &QuantizedTensor,
-    out: &mut [f32],
-    alpha: f32,
-    beta: f32,
-    par: Parallelism,
-) -> Result<()> {
-    quant_matmul_on(
-        crate::dispatch::kernel_path(),
-        xq,
+    let p = Product {
         s,
         w,
         out,
         alpha,
         beta,
         par,
-    )
+    };
+    quant_matmul_on(crate::dispatch::kernel_path(), Acts::Packed(xq), p)
 }
 
-/// Block-format weights against f32 activations `x` (not yet checked for finiteness) on the
-/// dispatched path: the AVX2 driver quantizes rows inside its tasks when it splits by rows;
-/// otherwise the rows are quantized once into a [`pack::PackedX`] first.
-fn quant_matmul_f32(
-    x: &[f32],
-    s: &Shape,
-    w: &QuantizedTensor,
-    out: &mut [f32],
+/// A product whose lengths were checked against each other and which is not empty:
+/// `out = beta * out + alpha * (x · wᵀ)` for the weights `w` of shape `s`, split over threads
+/// by `par`. The activations travel beside it, as f32 rows or quantized ones.
+pub(crate) struct Product<'a> {
+    /// The checked shape.
+    s: Shape,
+    /// The weights, `s.n x s.k`.
+    w: &'a QuantizedTensor,
+    /// The row-major `s.m x s.n` output.
+    out: &'a mut [f32],
+    /// The epilogue's `alpha`.
     alpha: f32,
+    /// The epilogue's `beta` (`0` leaves the old `out` unread).
     beta: f32,
+    /// How the tiles are spread over threads.
     par: Parallelism,
-) -> Result<()> {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(t) = crate::dispatch::avx2() {
-        let path = crate::dispatch::kernel_path();
-        let wide = crate::dispatch::Avx512::for_path(path).filter(|t| t.vnni);
-        return x86::quant_matmul(t, wide, x86::Acts::Raw(x), s, w, out, alpha, beta, par);
-    }
-    let xq = pack::PackedX::new_checked(x, s.m, s.k, par)?;
-    quant_matmul(&xq, s, w, out, alpha, beta, par)
 }
 
-/// [`quant_matmul`] on the kernels of `path` (scalar where the CPU lacks it).
-#[allow(clippy::too_many_arguments)] // reason: the checked arguments and the path
+/// The activation rows of a block-format product: quantized already, or f32 values that
+/// the path quantizes (and checks for finiteness) itself.
+#[derive(Clone, Copy)]
+enum Acts<'a> {
+    /// Rows quantized to Q8_0.
+    Packed(&'a pack::PackedX),
+    /// `m x k` f32 values, not yet checked.
+    Raw(&'a [f32]),
+}
+
+impl<'a> Acts<'a> {
+    /// The quantized rows: borrowed, or quantized (and checked) into `owned`.
+    ///
+    /// # Errors
+    ///
+    /// [`KernelError::NonFinite`] naming the first NaN or infinite raw activation.
+    fn quantized<'b>(
+        self,
+        s: &Shape,
+        par: Parallelism,
+        owned: &'b mut Option<pack::PackedX>,
+    ) -> Result<&'b pack::PackedX>
+    where
+        'a: 'b,
+    {
+        match self {
+            Acts::Packed(p) => Ok(p),
+            Acts::Raw(x) => Ok(owned.insert(pack::PackedX::new_checked(x, s.m, s.k, par)?)),
+        }
+    }
+}
+
+/// Block-format weights against `acts` on the kernels of `path` (scalar where the CPU lacks
+/// it): the one place that picks the instruction set of a block-format product. The AVX2
+/// driver quantizes raw rows inside its tasks when it splits by rows; the other paths
+/// quantize them once into a [`pack::PackedX`] first.
 fn quant_matmul_on(
     path: crate::dispatch::KernelPath,
-    xq: &pack::PackedX,
-    s: &Shape,
-    w: &QuantizedTensor,
-    out: &mut [f32],
-    alpha: f32,
-    beta: f32,
-    par: Parallelism,
+    acts: Acts<'_>,
+    p: Product<'_>,
 ) -> Result<()> {
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = crate::dispatch::Avx2::for_path(path) {
         let wide = crate::dispatch::Avx512::for_path(path).filter(|t| t.vnni);
-        return x86::quant_matmul(t, wide, x86::Acts::Packed(xq), s, w, out, alpha, beta, par);
+        return x86::quant_matmul(t, wide, acts, p);
     }
+    let mut owned = None;
+    let xq = acts.quantized(&p.s, p.par, &mut owned)?;
     #[cfg(target_arch = "aarch64")]
     if let Some(t) = crate::dispatch::Neon::for_path(path) {
-        return aarch64::quant_matmul(t, xq, s, w, out, alpha, beta, par);
+        return aarch64::quant_matmul(t, xq, p);
     }
     let _ = path;
-    scalar::quant_par(xq, s, w, out, alpha, beta, par)
+    scalar::quant_par(xq, p)
 }
 
 /// A checked problem shape.
@@ -574,26 +574,26 @@ unsafe impl Send for SharedOut {}
 // SAFETY: as for `Send`.
 unsafe impl Sync for SharedOut {}
 
-/// Runs `tasks`, each writing the rectangle of `out` it covers (activation rows
+/// Runs `tasks`, each writing the rectangle of `p.out` it covers (activation rows
 /// `rows(task)` = `(first, count)`, columns `n0..n1`) through a [`TileOut`], on the thread that
-/// computes it.
+/// computes it, split by `p.par`.
 ///
 /// The tasks must cover disjoint rectangles (as [`plan_tasks`] makes them); a task outside
 /// `out` panics rather than writes.
-#[allow(clippy::too_many_arguments)] // reason: plain data passed straight through
-fn run_tiles<F, R>(
-    tasks: &[Task],
-    n: usize,
-    out: &mut [f32],
-    alpha: f32,
-    beta: f32,
-    par: Parallelism,
-    rows: R,
-    compute: F,
-) where
+fn run_tiles<F, R>(tasks: &[Task], p: Product<'_>, rows: R, compute: F)
+where
     F: Fn(&Task, &mut TileOut) + Sync,
     R: Fn(&Task) -> (usize, usize) + Sync,
 {
+    let Product {
+        s,
+        out,
+        alpha,
+        beta,
+        par,
+        ..
+    } = p;
+    let n = s.n;
     let (shared, len) = (SharedOut(out.as_mut_ptr()), out.len());
     // A reference, so that closures capture the `Sync` wrapper rather than its pointer.
     let shared = &shared;
@@ -622,21 +622,12 @@ fn run_tiles<F, R>(
 }
 
 /// [`run_tiles`] for kernels that fill a dense `[rows(task) x (n1 - n0)]` buffer per task.
-#[allow(clippy::too_many_arguments)] // reason: plain data passed straight through
-fn run_tasks<F, R>(
-    tasks: &[Task],
-    n: usize,
-    out: &mut [f32],
-    alpha: f32,
-    beta: f32,
-    par: Parallelism,
-    rows: R,
-    compute: F,
-) where
+fn run_tasks<F, R>(tasks: &[Task], p: Product<'_>, rows: R, compute: F)
+where
     F: Fn(&Task, &mut [f32]) + Sync,
     R: Fn(&Task) -> (usize, usize) + Sync,
 {
-    run_tiles(tasks, n, out, alpha, beta, par, rows, |t, tile| {
+    run_tiles(tasks, p, rows, |t, tile| {
         let nc = tile.cols();
         let mut buf = vec![0.0f32; tile.rows() * nc];
         compute(t, &mut buf);
@@ -815,22 +806,13 @@ trait FloatKernels: Copy + Sync {
 /// F32, F16 and BF16 weights on a SIMD path: streaming kernels below [`PANEL_MIN_M`] activation
 /// rows; above it gemm for F32 and f32 panels for F16/BF16.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-#[allow(clippy::too_many_arguments)] // reason: the public arguments, checked
-fn float_matmul<T: FloatKernels>(
-    t: T,
-    x: &[f32],
-    s: &Shape,
-    bytes: &[u8],
-    format: crate::format::Format,
-    out: &mut [f32],
-    alpha: f32,
-    beta: f32,
-    par: Parallelism,
-) {
+fn float_matmul<T: FloatKernels>(t: T, x: &[f32], p: Product<'_>) {
     use crate::format::Format;
+    let (s, bytes, format) = (p.s, p.w.as_bytes(), p.w.format());
     let many = s.m >= PANEL_MIN_M;
     if format == Format::F32 && many {
-        gemm_f32(x, &f32_weights(bytes), s.m, s.n, s.k, out, alpha, beta, par);
+        let w32 = f32_weights(bytes);
+        gemm_f32(x, &w32, s.m, s.n, s.k, p.out, p.alpha, p.beta, p.par);
         return;
     }
     let w32 = if format == Format::F32 {
@@ -849,7 +831,7 @@ fn float_matmul<T: FloatKernels>(
             let v0 = i * rows_per * s.k;
             t.half_to_f32(bf, &bytes[2 * v0..2 * (v0 + dst.len())], dst);
         };
-        match par {
+        match p.par {
             Parallelism::Rayon if panel.len() > PAR_CONVERT_VALUES => panel
                 .par_chunks_mut(rows_per * s.k)
                 .enumerate()
@@ -859,26 +841,22 @@ fn float_matmul<T: FloatKernels>(
                 .enumerate()
                 .for_each(convert),
         }
-        gemm_f32(x, &panel, s.m, s.n, s.k, out, alpha, beta, par);
+        gemm_f32(x, &panel, s.m, s.n, s.k, p.out, p.alpha, p.beta, p.par);
         return;
     }
-    let tasks = plan_tasks(s.n, 1, NC_F, 4, threads(par));
+    let tasks = plan_tasks(s.n, 1, NC_F, 4, threads(p.par));
     run_tasks(
         &tasks,
-        s.n,
-        out,
-        alpha,
-        beta,
-        par,
+        p,
         |_| (0, s.m),
         |task, buf| {
             let (n0, n1) = (task.n0, task.n1);
             if format == Format::F32 {
-                t.stream_f32(&w32, s, x, n0, n1, buf);
+                t.stream_f32(&w32, &s, x, n0, n1, buf);
             } else if many {
-                t.half_panel_gemm(bf, bytes, s, x, n0, n1, buf);
+                t.half_panel_gemm(bf, bytes, &s, x, n0, n1, buf);
             } else {
-                t.half_stream(bf, bytes, s, x, n0, n1, buf);
+                t.half_stream(bf, bytes, &s, x, n0, n1, buf);
             }
         },
     );
@@ -890,14 +868,13 @@ mod x86 {
 
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use super::pack::{self, PackedX, RowBlock};
-    use super::{Parallelism, Shape, Task, plan_tasks, run_tiles, threads};
+    use super::pack::{self, RowBlock};
+    use super::{Acts, Product, Shape, Task, plan_tasks, run_tiles, threads};
     use crate::arch::x86_64::matmul_avx2 as k;
     use crate::arch::x86_64::matmul_avx512 as k512;
     use crate::blocks::QK;
     use crate::dispatch::{Avx2, Avx512};
     use crate::error::Result;
-    use crate::tensor::QuantizedTensor;
 
     /// Weight rows per task, at most: a tile of quantized weights that stays in L2.
     const NC_Q: usize = 64;
@@ -943,16 +920,6 @@ mod x86 {
         }
     }
 
-    /// The activation rows of a block-format product: quantized already, or f32 values that
-    /// the driver quantizes (and checks for finiteness) itself.
-    #[derive(Clone, Copy)]
-    pub(super) enum Acts<'a> {
-        /// Rows quantized to Q8_0.
-        Packed(&'a PackedX),
-        /// `m x k` f32 values, not yet checked.
-        Raw(&'a [f32]),
-    }
-
     /// Bytes of quantized activation rows a row-split task quantizes and runs at a time: a
     /// slice that stays in L1/L2 while every weight strip passes over it.
     const SUB_BYTES: usize = 64 << 10;
@@ -969,50 +936,38 @@ mod x86 {
     ///
     /// [`crate::KernelError::NonFinite`] naming the first NaN or infinite value of raw
     /// activations (`out` may then have been partly written).
-    #[allow(clippy::too_many_arguments)] // reason: the public arguments, checked
     pub(super) fn quant_matmul(
         t: Avx2,
         wide: Option<Avx512>,
         acts: Acts<'_>,
-        s: &Shape,
-        w: &QuantizedTensor,
-        out: &mut [f32],
-        alpha: f32,
-        beta: f32,
-        par: Parallelism,
+        p: Product<'_>,
     ) -> Result<()> {
-        let (bytes, f) = (w.as_bytes(), w.format());
+        let (s, bytes, f) = (p.s, p.w.as_bytes(), p.w.format());
         let wide = wide.filter(|_| s.m >= 2);
         let nb = s.k / QK;
         if wide.is_none() && s.m >= 2 && k::row_split_fits(f, s.n, nb) {
-            return row_split(t, acts, s, w, out, alpha, beta, par);
+            return row_split(t, acts, p);
         }
-        let owned;
-        let packed = match acts {
-            Acts::Packed(p) => p,
-            Acts::Raw(x) => {
-                owned = PackedX::new_checked(x, s.m, s.k, par)?;
-                &owned
-            }
-        };
+        let mut owned = None;
+        let packed = acts.quantized(&s, p.par, &mut owned)?;
         // Row groups of the kernel's pass size, so tasks split rows between passes; weight
         // rows per task a multiple of the kernel's strip.
         let (mr, align) = match wide {
             Some(_) => (k512::MR, 16),
             None => (k::rows_per_pass(s.m), 8),
         };
-        let tasks = plan_tasks(s.n, s.m.div_ceil(mr), NC_Q, align, threads(par));
+        let tasks = plan_tasks(s.n, s.m.div_ceil(mr), NC_Q, align, threads(p.par));
         let rows = |task: &Task| {
             let r0 = task.g0 * mr;
             (r0, (task.g1 * mr).min(s.m) - r0)
         };
-        run_tiles(&tasks, s.n, out, alpha, beta, par, rows, |task, tile| {
+        run_tiles(&tasks, p, rows, |task, tile| {
             let (r0, count) = rows(task);
             let (n0, n1, r1) = (task.n0, task.n1, r0 + count);
             let done = wide
-                .is_some_and(|t5| k512::quant_task(t5, f, bytes, s, packed, n0, n1, r0, r1, tile));
+                .is_some_and(|t5| k512::quant_task(t5, f, bytes, &s, packed, n0, n1, r0, r1, tile));
             if !done {
-                k::quant_task(t, f, bytes, s, packed, n0, n1, r0, r1, tile);
+                k::quant_task(t, f, bytes, &s, packed, n0, n1, r0, r1, tile);
             }
         });
         Ok(())
@@ -1021,24 +976,15 @@ mod x86 {
     /// The row-split driver of [`quant_matmul`]: all weight rows repacked once, tasks of
     /// consecutive activation rows (a multiple of the strip kernel's pass), each quantizing
     /// (for raw activations) and running slices of [`SUB_BYTES`] against every strip.
-    #[allow(clippy::too_many_arguments)] // reason: the public arguments, checked
-    fn row_split(
-        t: Avx2,
-        acts: Acts<'_>,
-        s: &Shape,
-        w: &QuantizedTensor,
-        out: &mut [f32],
-        alpha: f32,
-        beta: f32,
-        par: Parallelism,
-    ) -> Result<()> {
+    fn row_split(t: Avx2, acts: Acts<'_>, p: Product<'_>) -> Result<()> {
+        let s = p.s;
         let nb = s.k / QK;
-        let strips = k::PackedStrips::new(t, w.format(), w.as_bytes(), s);
+        let strips = k::PackedStrips::new(t, p.w.format(), p.w.as_bytes(), &s);
         let pass = k::rows_per_pass(s.m);
         // Rows of one slice, and of one task: about 8 tasks a thread (rayon balances them
         // when a hypervisor takes a core away for a while).
         let sub = ((SUB_BYTES / (nb * size_of::<RowBlock>()).max(1)) / pass).max(1) * pass;
-        let th = threads(par);
+        let th = threads(p.par);
         let per_task = if th <= 1 {
             s.m
         } else {
@@ -1057,7 +1003,7 @@ mod x86 {
             (r0, (r0 + per_task).min(s.m) - r0)
         };
         let bad = AtomicBool::new(false);
-        run_tiles(&tasks, s.n, out, alpha, beta, par, rows, |task, tile| {
+        run_tiles(&tasks, p, rows, |task, tile| {
             let (r0, count) = rows(task);
             let mut buf = match acts {
                 Acts::Raw(_) => vec![RowBlock::ZERO; sub.min(count) * nb],
@@ -1097,12 +1043,11 @@ mod aarch64 {
     //! weights, f32 panels and `gemm` for many; split by weight rows.
 
     use super::pack::PackedX;
-    use super::{Parallelism, Shape, Task, plan_tasks, run_tasks, threads};
+    use super::{Product, Shape, Task, plan_tasks, run_tasks, threads};
     use crate::arch::aarch64::matmul_neon as k;
     use crate::arch::aarch64::stream_neon as sk;
     use crate::dispatch::Neon;
     use crate::error::Result;
-    use crate::tensor::QuantizedTensor;
 
     /// Weight rows per task, at most.
     const NC: usize = 64;
@@ -1149,24 +1094,14 @@ mod aarch64 {
     }
 
     /// Block-format weights against activation rows quantized in `packed`.
-    #[allow(clippy::too_many_arguments)] // reason: the public arguments, checked
-    pub(super) fn quant_matmul(
-        t: Neon,
-        packed: &PackedX,
-        s: &Shape,
-        w: &QuantizedTensor,
-        out: &mut [f32],
-        alpha: f32,
-        beta: f32,
-        par: Parallelism,
-    ) -> Result<()> {
-        let (bytes, f) = (w.as_bytes(), w.format());
+    pub(super) fn quant_matmul(t: Neon, packed: &PackedX, p: Product<'_>) -> Result<()> {
+        let (s, bytes, f) = (p.s, p.w.as_bytes(), p.w.format());
         let groups = packed.groups();
-        let tasks = plan_tasks(s.n, groups, NC, 4, threads(par));
+        let tasks = plan_tasks(s.n, groups, NC, 4, threads(p.par));
         let rows = |task: &Task| packed.rows_of(task.g0, task.g1);
-        run_tasks(&tasks, s.n, out, alpha, beta, par, rows, |task, buf| {
+        run_tasks(&tasks, p, rows, |task, buf| {
             k::quant_task(
-                t, f, bytes, s, packed, task.n0, task.n1, task.g0, task.g1, buf,
+                t, f, bytes, &s, packed, task.n0, task.n1, task.g0, task.g1, buf,
             );
         });
         Ok(())
@@ -1308,19 +1243,16 @@ mod tests {
                     let mut oracle = vec![0.0; m * n];
                     matmul_scalar(&x, m, &wq, &mut oracle).unwrap();
                     let xq = pack::PackedX::new(&x, m, k, Parallelism::Rayon);
-                    let shape = Shape::check_packed(&xq, &wq, &oracle).unwrap();
                     let mut out = vec![f32::NAN; m * n];
-                    quant_matmul_on(
-                        path,
-                        &xq,
-                        &shape,
-                        &wq,
-                        &mut out,
-                        1.0,
-                        0.0,
-                        Parallelism::Rayon,
-                    )
-                    .unwrap();
+                    let p = Product {
+                        s: Shape::check_packed(&xq, &wq, &out).unwrap(),
+                        w: &wq,
+                        out: &mut out,
+                        alpha: 1.0,
+                        beta: 0.0,
+                        par: Parallelism::Rayon,
+                    };
+                    quant_matmul_on(path, Acts::Packed(&xq), p).unwrap();
                     for (i, (a, b)) in out.iter().zip(&oracle).enumerate() {
                         let (r, c) = (i / n, i % n);
                         let mag: f32 = (0..k).map(|l| (x[r * k + l] * w[c * k + l]).abs()).sum();

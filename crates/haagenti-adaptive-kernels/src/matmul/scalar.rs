@@ -10,7 +10,7 @@
 use half::{bf16, f16};
 
 use super::pack::PackedX;
-use super::{Parallelism, Shape, plan_tasks, run_tasks, threads};
+use super::{Product, Shape, plan_tasks, run_tasks, threads};
 use crate::blocks::QK;
 use crate::error::Result;
 use crate::format::Format;
@@ -60,68 +60,36 @@ pub fn matmul_scalar(x: &[f32], m: usize, w: &QuantizedTensor, out: &mut [f32]) 
     Ok(())
 }
 
-/// The scalar path of `matmul_acc` for float weights, split over weight rows by `par`.
-pub(super) fn matmul_par(
-    x: &[f32],
-    s: &Shape,
-    w: &QuantizedTensor,
-    out: &mut [f32],
-    alpha: f32,
-    beta: f32,
-    par: Parallelism,
-) -> Result<()> {
-    let none = PackedX::new_scalar(&[], s.m, 0);
-    run_scalar(x, &none, s, w, out, alpha, beta, par)
+/// The scalar path of `matmul_acc` for float weights, split over weight rows by `p.par`.
+pub(super) fn matmul_par(x: &[f32], p: Product<'_>) -> Result<()> {
+    let none = PackedX::new_scalar(&[], p.s.m, 0);
+    run_scalar(x, &none, p)
 }
 
 /// The scalar path of block formats on pre-quantized activation rows, split over weight rows.
-pub(super) fn quant_par(
-    xq: &PackedX,
-    s: &Shape,
-    w: &QuantizedTensor,
-    out: &mut [f32],
-    alpha: f32,
-    beta: f32,
-    par: Parallelism,
-) -> Result<()> {
-    run_scalar(&[], xq, s, w, out, alpha, beta, par)
+pub(super) fn quant_par(xq: &PackedX, p: Product<'_>) -> Result<()> {
+    run_scalar(&[], xq, p)
 }
 
 /// Every `out` value through [`dot`]: `x` for float weights, `xq` for block formats.
-#[allow(clippy::too_many_arguments)] // reason: plain data passed straight through
-fn run_scalar(
-    x: &[f32],
-    xq: &PackedX,
-    s: &Shape,
-    w: &QuantizedTensor,
-    out: &mut [f32],
-    alpha: f32,
-    beta: f32,
-    par: Parallelism,
-) -> Result<()> {
-    let format = w.format();
-    let bytes = w.as_bytes();
-    let tasks = plan_tasks(s.n, 1, 64, 1, threads(par));
+fn run_scalar(x: &[f32], xq: &PackedX, p: Product<'_>) -> Result<()> {
+    let (s, format, bytes) = (p.s, p.w.format(), p.w.as_bytes());
+    let tasks = plan_tasks(s.n, 1, 64, 1, threads(p.par));
     run_tasks(
         &tasks,
-        s.n,
-        out,
-        alpha,
-        beta,
-        par,
+        p,
         |_| (0, s.m),
         |t, buf| {
             let nc = t.n1 - t.n0;
             for i in 0..s.m {
                 for j in t.n0..t.n1 {
-                    buf[i * nc + (j - t.n0)] = dot(format, row(bytes, s, j), s, x, xq, i);
+                    buf[i * nc + (j - t.n0)] = dot(format, row(bytes, &s, j), &s, x, xq, i);
                 }
             }
         },
     );
     Ok(())
 }
-
 /// The bytes of weight row `j`.
 fn row<'a>(bytes: &'a [u8], s: &Shape, j: usize) -> &'a [u8] {
     bytes
