@@ -2,69 +2,23 @@
 //! with small byte strings whose lengths or shapes claim more than they hold: each is refused
 //! with its typed error before anything of the claimed size is allocated.
 //!
-//! This binary counts allocations (a wrapper around the system allocator that records the
-//! largest single request), so "before allocating" is measured: on Linux a lazily zeroed
-//! multi-GiB allocation would succeed and a test without the count could not tell.
+//! This binary counts allocations (the kernels crate's `tests/support/counting_alloc.rs`, a wrapper
+//! around the system allocator that records the largest single request), so "before allocating" is
+//! measured: on Linux a lazily zeroed multi-GiB allocation would succeed and a test without the
+//! count could not tell.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use haagenti_adaptive_nn::NnError;
 use haagenti_adaptive_nn::onnx::{MAX_ONNX_BYTES, OnnxModel};
 use haagenti_adaptive_nn::tensor_file::{self, Format, MAX_TENSOR_FILE_BYTES};
 
-/// The largest single allocation since the last reset.
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-struct PeakAlloc;
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged; the only
-// addition is a relaxed atomic update, which neither allocates nor touches the memory.
-unsafe impl GlobalAlloc for PeakAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        PEAK.fetch_max(layout.size(), Ordering::Relaxed);
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which `System` shares.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        PEAK.fetch_max(layout.size(), Ordering::Relaxed);
-        // SAFETY: as `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System` through this allocator with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        PEAK.fetch_max(new_size, Ordering::Relaxed);
-        // SAFETY: `ptr` came from `System` with `layout`; the caller upholds the rest.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOC: PeakAlloc = PeakAlloc;
-
-/// Tests run one at a time so that one test's allocations do not count against another's.
-static SERIAL: Mutex<()> = Mutex::new(());
+#[path = "../../haagenti-adaptive-kernels/tests/support/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::measured;
 
 /// Nothing here needs more than this in one piece.
 const SMALL: usize = 1 << 20;
-
-/// Runs `f` alone and returns its result with the largest single allocation it made.
-fn measured<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    PEAK.store(0, Ordering::Relaxed);
-    let out = f();
-    (out, PEAK.load(Ordering::Relaxed))
-}
 
 /// A file of `len` bytes: `head`, then a hole.
 fn sparse(path: &Path, head: &[u8], len: u64) {
