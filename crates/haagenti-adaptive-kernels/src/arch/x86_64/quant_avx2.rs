@@ -155,7 +155,6 @@ fn pack_nibbles(q: [__m256i; 4]) -> __m128i {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn quantize_row_q8_0_avx2(x: &[f32], out: &mut [BlockQ8_0]) {
     let sign = _mm256_set1_ps(-0.0);
-    let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (xb, yb) in x.chunks_exact(QK).zip(out.iter_mut()) {
         let Ok(xb) = <&[f32; QK]>::try_from(xb) else {
             continue;
@@ -175,18 +174,28 @@ unsafe fn quantize_row_q8_0_avx2(x: &[f32], out: &mut [BlockQ8_0]) {
             continue;
         }
         yb.d = half::f16::from_bits(to_f16_bits(d));
-        let idv = _mm256_set1_ps(id);
-        let q = v.map(|vk| round_away(_mm256_mul_ps(vk, idv)));
-        // i32 -> i16 -> i8 saturating packs interleave 4-value groups across the two lanes; the
-        // permutation puts them back in order.
-        let p = _mm256_packs_epi16(
-            _mm256_packs_epi32(q[0], q[1]),
-            _mm256_packs_epi32(q[2], q[3]),
-        );
-        let p = _mm256_permutevar8x32_epi32(p, perm);
-        // SAFETY: `qs` is 32 bytes, the size of one unaligned 256-bit store.
-        unsafe { _mm256_storeu_si256(yb.qs.as_mut_ptr().cast::<__m256i>(), p) };
+        store_values(&v, id, &mut yb.qs);
     }
+}
+
+/// Block `v` scaled by `id`, rounded half away from zero and saturated to i8, stored in order
+/// into `qs`; returns the stored bytes as one vector.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn store_values(v: &[__m256; 4], id: f32, qs: &mut [i8; QK]) -> __m256i {
+    let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let idv = _mm256_set1_ps(id);
+    let q = v.map(|vk| round_away(_mm256_mul_ps(vk, idv)));
+    // i32 -> i16 -> i8 saturating packs interleave 4-value groups across the two lanes; the
+    // permutation puts them back in order.
+    let p = _mm256_packs_epi16(
+        _mm256_packs_epi32(q[0], q[1]),
+        _mm256_packs_epi32(q[2], q[3]),
+    );
+    let p = _mm256_permutevar8x32_epi32(p, perm);
+    // SAFETY: `qs` is 32 bytes, the size of one unaligned 256-bit store.
+    unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast::<__m256i>(), p) };
+    p
 }
 
 /// Lane `b` = the largest lane of `m[b]` (a transpose-and-reduce of eight vectors).
@@ -216,18 +225,7 @@ fn hmax8(m: &[__m256; 8]) -> __m256 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn pack_values(v: &[__m256; 4], id: f32, df: f32, yb: &mut RowBlock) {
-    let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    let idv = _mm256_set1_ps(id);
-    let q = v.map(|vk| round_away(_mm256_mul_ps(vk, idv)));
-    // i32 -> i16 -> i8 saturating packs interleave 4-value groups across the two lanes; the
-    // permutation puts them back in order.
-    let p = _mm256_packs_epi16(
-        _mm256_packs_epi32(q[0], q[1]),
-        _mm256_packs_epi32(q[2], q[3]),
-    );
-    let p = _mm256_permutevar8x32_epi32(p, perm);
-    // SAFETY: `qs` is 32 bytes, the size of one unaligned 256-bit store.
-    unsafe { _mm256_storeu_si256(yb.qs.as_mut_ptr().cast::<__m256i>(), p) };
+    let p = store_values(v, id, &mut yb.qs);
     // Σ q of the stored (saturated) bytes: pairs to i16, then to i32, then across lanes.
     let s = _mm256_madd_epi16(
         _mm256_maddubs_epi16(_mm256_set1_epi8(1), p),
