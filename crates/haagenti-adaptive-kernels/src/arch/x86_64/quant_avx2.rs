@@ -154,19 +154,12 @@ fn pack_nibbles(q: [__m256i; 4]) -> __m128i {
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn quantize_row_q8_0_avx2(x: &[f32], out: &mut [BlockQ8_0]) {
-    let sign = _mm256_set1_ps(-0.0);
     for (xb, yb) in x.chunks_exact(QK).zip(out.iter_mut()) {
         let Ok(xb) = <&[f32; QK]>::try_from(xb) else {
             continue;
         };
         let v = load_block(xb);
-        let a = v.map(|vk| _mm256_andnot_ps(sign, vk));
-        let amax = hmax(_mm256_max_ps(
-            _mm256_max_ps(a[0], a[1]),
-            _mm256_max_ps(a[2], a[3]),
-        ));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let (_, d, id) = abs_scale(&v);
         if !id.is_finite() {
             // A scale so small that its inverse overflows: ggml's float-to-int conversions would
             // be undefined; the oracle's saturating casts define them, so let it do the block.
@@ -176,6 +169,22 @@ unsafe fn quantize_row_q8_0_avx2(x: &[f32], out: &mut [BlockQ8_0]) {
         yb.d = half::f16::from_bits(to_f16_bits(d));
         store_values(&v, id, &mut yb.qs);
     }
+}
+
+/// `|v|` of block `v`, its Q8_0 scale `d = max |v| / 127` and the inverse `1 / d` (`0` for an
+/// all-zero block; infinite when `d` is too small to invert).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn abs_scale(v: &[__m256; 4]) -> ([__m256; 4], f32, f32) {
+    let sign = _mm256_set1_ps(-0.0);
+    let a = v.map(|vk| _mm256_andnot_ps(sign, vk));
+    let amax = hmax(_mm256_max_ps(
+        _mm256_max_ps(a[0], a[1]),
+        _mm256_max_ps(a[2], a[3]),
+    ));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    (a, d, id)
 }
 
 /// Block `v` scaled by `id`, rounded half away from zero and saturated to i8, stored in order
@@ -256,16 +265,9 @@ fn flag_non_finite(a: &[__m256; 4], bad: &mut __m256) {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn pack_block(xb: &[f32; QK], yb: &mut RowBlock, bad: &mut __m256) {
-    let sign = _mm256_set1_ps(-0.0);
     let v = load_block(xb);
-    let a = v.map(|vk| _mm256_andnot_ps(sign, vk));
+    let (a, d, id) = abs_scale(&v);
     flag_non_finite(&a, bad);
-    let amax = hmax(_mm256_max_ps(
-        _mm256_max_ps(a[0], a[1]),
-        _mm256_max_ps(a[2], a[3]),
-    ));
-    let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     if !id.is_finite() {
         // As `quantize_row_q8_0_avx2`: the oracle defines this block.
         let mut q = BlockQ8_0::default();
