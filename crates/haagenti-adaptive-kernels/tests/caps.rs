@@ -11,7 +11,8 @@ use std::path::Path;
 
 use haagenti_adaptive_kernels::Format;
 use haagenti_adaptive_kernels::checkpoint::{
-    CheckpointError, MAX_CHECKPOINT_BYTES, MAX_HEADER_BYTES, MAX_TENSOR_VALUES, quantize_checkpoint,
+    CheckpointError, CheckpointReport, MAX_CHECKPOINT_BYTES, MAX_HEADER_BYTES, MAX_TENSOR_VALUES,
+    quantize_checkpoint,
 };
 use haagenti_adaptive_kernels::io::IoError;
 
@@ -31,12 +32,22 @@ fn sparse_safetensors(path: &Path, header: &str, len: u64) {
     file.set_len(len).unwrap();
 }
 
-fn only_the_input_left(dir: &Path) {
+/// Quantizes `input`, the only file in `dir`, to `format`; asserts that no single allocation
+/// reached [`SMALL`] and that nothing was left beside the input, and returns the result.
+fn quantize_small(
+    dir: &Path,
+    input: &Path,
+    format: Format,
+) -> Result<CheckpointReport, CheckpointError> {
+    let output = dir.join("out.gguf");
+    let (result, peak) = measured(|| quantize_checkpoint(input, &output, format, |_| {}));
+    assert!(peak < SMALL, "allocated {peak} bytes at once");
     let names: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names.len(), 1, "{names:?}");
+    result
 }
 
 #[test]
@@ -45,9 +56,7 @@ fn a_checkpoint_above_max_checkpoint_bytes_is_refused_by_its_length() {
     let input = dir.path().join("huge.safetensors");
     // A sparse file of 1 TiB + 1 byte: no disk blocks behind the hole.
     sparse_safetensors(&input, "{}", MAX_CHECKPOINT_BYTES + 1);
-    let output = dir.path().join("huge.gguf");
-    let (result, peak) = measured(|| quantize_checkpoint(&input, &output, Format::Q8_0, |_| {}));
-    match result {
+    match quantize_small(dir.path(), &input, Format::Q8_0) {
         Err(CheckpointError::Path(IoError::TooLarge { len, limit, .. })) => {
             assert_eq!(
                 (len, limit),
@@ -56,8 +65,6 @@ fn a_checkpoint_above_max_checkpoint_bytes_is_refused_by_its_length() {
         }
         other => panic!("expected TooLarge, got {other:?}"),
     }
-    assert!(peak < SMALL, "allocated {peak} bytes at once");
-    only_the_input_left(dir.path());
 }
 
 #[test]
@@ -73,9 +80,7 @@ fn a_tensor_above_max_tensor_values_is_refused_before_its_bytes_are_read() {
         r#"{{"embed.weight":{{"dtype":"F16","shape":[{side},{side}],"data_offsets":[0,{data}]}}}}"#
     );
     sparse_safetensors(&input, &header, 8 + header.len() as u64 + data);
-    let output = dir.path().join("wide.gguf");
-    let (result, peak) = measured(|| quantize_checkpoint(&input, &output, Format::Q4_0, |_| {}));
-    match result {
+    match quantize_small(dir.path(), &input, Format::Q4_0) {
         Err(CheckpointError::TensorTooLarge {
             name,
             values: v,
@@ -86,41 +91,33 @@ fn a_tensor_above_max_tensor_values_is_refused_before_its_bytes_are_read() {
         }
         other => panic!("expected TensorTooLarge, got {other:?}"),
     }
-    assert!(peak < SMALL, "allocated {peak} bytes at once");
-    only_the_input_left(dir.path());
 }
 
 #[test]
 fn a_header_length_above_max_header_bytes_is_refused_without_reading_it() {
     let dir = tempfile::tempdir().unwrap();
-    let output = dir.path().join("x.gguf");
     for claimed in [MAX_HEADER_BYTES + 1, u64::MAX] {
         let input = dir.path().join("x.safetensors");
         let mut bytes = claimed.to_le_bytes().to_vec();
         bytes.extend_from_slice(b"{}");
         std::fs::write(&input, &bytes).unwrap();
-        let (result, peak) =
-            measured(|| quantize_checkpoint(&input, &output, Format::Q8_0, |_| {}));
-        match result {
+        match quantize_small(dir.path(), &input, Format::Q8_0) {
             Err(CheckpointError::HeaderTooLarge { len, limit, .. }) => {
                 assert_eq!((len, limit), (claimed, MAX_HEADER_BYTES));
             }
             other => panic!("expected HeaderTooLarge for {claimed}, got {other:?}"),
         }
-        assert!(peak < SMALL, "allocated {peak} bytes at once");
     }
     // A header within the limit but longer than the file is refused before it is read, too.
     let input = dir.path().join("x.safetensors");
     let mut bytes = (MAX_HEADER_BYTES - 1).to_le_bytes().to_vec();
     bytes.extend_from_slice(b"{}");
     std::fs::write(&input, &bytes).unwrap();
-    let (result, peak) = measured(|| quantize_checkpoint(&input, &output, Format::Q8_0, |_| {}));
+    let result = quantize_small(dir.path(), &input, Format::Q8_0);
     assert!(
         matches!(result, Err(CheckpointError::Safetensors { .. })),
         "{result:?}"
     );
-    assert!(peak < SMALL, "allocated {peak} bytes at once");
-    only_the_input_left(dir.path());
 }
 
 #[test]
@@ -135,14 +132,10 @@ fn a_header_describing_more_data_than_the_file_holds_is_a_length_mismatch() {
     );
     let file_len = 8 + header.len() as u64;
     sparse_safetensors(&input, &header, file_len);
-    let output = dir.path().join("short.gguf");
-    let (result, peak) = measured(|| quantize_checkpoint(&input, &output, Format::Q8_0, |_| {}));
-    match result {
+    match quantize_small(dir.path(), &input, Format::Q8_0) {
         Err(CheckpointError::LengthMismatch {
             expected, actual, ..
         }) => assert_eq!((expected, actual), (file_len + data, file_len)),
         other => panic!("expected LengthMismatch, got {other:?}"),
     }
-    assert!(peak < SMALL, "allocated {peak} bytes at once");
-    only_the_input_left(dir.path());
 }
