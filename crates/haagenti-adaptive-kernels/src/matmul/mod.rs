@@ -1218,6 +1218,26 @@ mod tests {
         ));
     }
 
+    /// Which micro-kernels [`quant_matmul_on`] runs for `path`: levels without kernels of their
+    /// own (avx-vnni and avx512 today) run the AVX2 ones, and the report must say so.
+    fn micro_kernels(path: crate::dispatch::KernelPath) -> &'static str {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if crate::dispatch::Avx512::for_path(path).is_some_and(|t| t.vnni) {
+                return "avx512-vnni";
+            }
+            if crate::dispatch::Avx2::for_path(path).is_some() {
+                return "avx2";
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        if let Some(t) = crate::dispatch::Neon::for_path(path) {
+            return if t.dotprod { "neon+dotprod" } else { "neon" };
+        }
+        let _ = path;
+        "scalar"
+    }
+
     /// Every block-format kernel path this CPU has, called directly with its token, against the
     /// scalar oracle; the paths it lacks are printed as not tested.
     #[test]
@@ -1263,7 +1283,10 @@ mod tests {
                     }
                 }
             }
-            println!("block-format kernels on {path}: tested against the oracle");
+            println!(
+                "block-format kernels on {path} ({} micro-kernels): tested against the oracle",
+                micro_kernels(path)
+            );
         }
     }
 
