@@ -2,6 +2,10 @@
 
 use std::process::{Command, Output};
 
+#[path = "support/timed.rs"]
+mod timed;
+use timed::output_within_30s;
+
 fn plan(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_haagenti-adaptive"))
         .arg("plan")
@@ -569,22 +573,11 @@ fn probed_capabilities_schedule_for_this_machine() {
 /// `plan ARGS` killed after 30 s, so an input that blocks or reads forever fails the test
 /// instead of hanging it.
 fn plan_within_30s(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_haagenti-adaptive"))
-        .arg("plan")
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("the binary runs");
-    let start = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > std::time::Duration::from_secs(30) {
-            child.kill().unwrap();
-            panic!("plan {args:?} still running after 30 s");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    output_within_30s(
+        Command::new(env!("CARGO_BIN_EXE_haagenti-adaptive"))
+            .arg("plan")
+            .args(args),
+    )
 }
 
 #[cfg(unix)]

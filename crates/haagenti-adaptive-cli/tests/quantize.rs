@@ -6,6 +6,12 @@ use std::process::{Command, Output};
 
 use safetensors::tensor::{Dtype, TensorView};
 
+#[cfg(unix)]
+#[path = "support/timed.rs"]
+mod timed;
+#[cfg(unix)]
+use timed::output_within_30s;
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_haagenti-adaptive"))
 }
@@ -35,6 +41,16 @@ fn write_model(path: &Path) {
             TensorView::new(Dtype::F32, vec![4, 20], &odd).unwrap(),
         ),
     ]);
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+/// A checkpoint whose first weight is NaN, for tests of checks that must come before any work:
+/// were such a check made after the work, the NaN's error would come first.
+#[cfg(unix)]
+fn write_nan_model(path: &Path) {
+    let mut w = f32_bytes(64, 0.0);
+    w[0..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let views = HashMap::from([("w", TensorView::new(Dtype::F32, vec![2, 32], &w).unwrap())]);
     safetensors::serialize_to_file(views, None, path).unwrap();
 }
 
@@ -233,12 +249,7 @@ fn every_alias_of_the_input_is_refused_as_output_and_the_input_survives() {
 #[test]
 fn devices_standard_output_directories_and_dangling_links_are_refused_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
-    // A NaN in the weights: were the output checked after the work, this error would come first.
-    let input = dir.path().join("model.safetensors");
-    let mut w = f32_bytes(64, 0.0);
-    w[0..4].copy_from_slice(&f32::NAN.to_le_bytes());
-    let views = HashMap::from([("w", TensorView::new(Dtype::F32, vec![2, 32], &w).unwrap())]);
-    safetensors::serialize_to_file(views, None, &input).unwrap();
+    write_nan_model(&dir.path().join("model.safetensors"));
     std::fs::create_dir(dir.path().join("sub")).unwrap();
     std::os::unix::fs::symlink(dir.path().join("nowhere"), dir.path().join("dangling")).unwrap();
     let before = files_in(dir.path());
@@ -250,16 +261,7 @@ fn devices_standard_output_directories_and_dangling_links_are_refused_before_any
         ("dangling", "symbolic link to nothing"),
         ("missing/model.gguf", "does not exist"),
     ] {
-        let o = quantize(
-            dir.path(),
-            &[
-                os("model.safetensors"),
-                os("--type"),
-                os("q4_0"),
-                os("--out"),
-                os(out),
-            ],
-        );
+        let o = quantize_q4_0_to(dir.path(), out);
         assert!(!o.status.success(), "--out {out} was accepted");
         assert!(stderr(&o).contains(expect), "{out}: {}", stderr(&o));
         assert_eq!(files_in(dir.path()), before, "--out {out}");
@@ -320,24 +322,8 @@ fn a_fifo_as_input_is_refused_without_blocking() {
     let fifo = dir.path().join("model.safetensors");
     let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
     assert!(made.success());
-    let mut child = bin()
-        .args(["quantize", fifo.to_str().unwrap(), "--type", "q8_0"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > std::time::Duration::from_secs(30) {
-            child.kill().unwrap();
-            panic!("quantize blocked on a FIFO");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    assert!(!status.success());
-    let out = child.wait_with_output().unwrap();
+    let out = output_within_30s(bin().args(["quantize", fifo.to_str().unwrap(), "--type", "q8_0"]));
+    assert!(!out.status.success());
     assert!(
         stderr(&out).contains("is a FIFO, not a regular file"),
         "{}",
@@ -673,23 +659,14 @@ fn sigterm_sigint_and_sighup_during_a_long_quantize_leave_no_temporary() {
 /// opened for reading or writing would block forever; `/dev/zero` would read forever).
 #[cfg(unix)]
 fn quantize_within_30s(dir: &Path, args: &[&std::ffi::OsStr]) -> Output {
-    let mut child = bin()
-        .current_dir(dir)
-        .arg("quantize")
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > std::time::Duration::from_secs(30) {
-            child.kill().unwrap();
-            panic!("quantize {args:?} did not finish within 30 s");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    output_within_30s(bin().current_dir(dir).arg("quantize").args(args))
+}
+
+/// `quantize model.safetensors --type q4_0 --out OUT` in `dir`, within 30 s.
+#[cfg(unix)]
+fn quantize_q4_0_to(dir: &Path, out: &str) -> Output {
+    let args = ["model.safetensors", "--type", "q4_0", "--out", out];
+    quantize_within_30s(dir, &args.map(os))
 }
 
 #[cfg(unix)]
@@ -724,12 +701,7 @@ fn dev_zero_and_a_directory_as_input_are_refused_at_once() {
 #[test]
 fn a_fifo_and_a_socket_as_out_are_refused_before_any_work_without_blocking() {
     let dir = tempfile::tempdir().unwrap();
-    // A NaN in the weights: were the output checked after the work, this error would come first.
-    let input = dir.path().join("model.safetensors");
-    let mut w = f32_bytes(64, 0.0);
-    w[0..4].copy_from_slice(&f32::NAN.to_le_bytes());
-    let views = HashMap::from([("w", TensorView::new(Dtype::F32, vec![2, 32], &w).unwrap())]);
-    safetensors::serialize_to_file(views, None, &input).unwrap();
+    write_nan_model(&dir.path().join("model.safetensors"));
     let made = Command::new("mkfifo")
         .arg(dir.path().join("fifo.gguf"))
         .status()
@@ -738,16 +710,7 @@ fn a_fifo_and_a_socket_as_out_are_refused_before_any_work_without_blocking() {
     let _listener = std::os::unix::net::UnixListener::bind(dir.path().join("socket.gguf")).unwrap();
     let before = files_in(dir.path());
     for (out, expect) in [("fifo.gguf", "is a FIFO"), ("socket.gguf", "is a socket")] {
-        let o = quantize_within_30s(
-            dir.path(),
-            &[
-                os("model.safetensors"),
-                os("--type"),
-                os("q4_0"),
-                os("--out"),
-                os(out),
-            ],
-        );
+        let o = quantize_q4_0_to(dir.path(), out);
         assert_eq!(o.status.code(), Some(1), "--out {out}: {}", stderr(&o));
         assert!(stderr(&o).contains(expect), "{out}: {}", stderr(&o));
         assert!(!stderr(&o).contains("NaN"), "{out}: {}", stderr(&o));
