@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use haagenti_adaptive_core::Precision;
 use haagenti_adaptive_kernels::blocks::BlockQ8_0;
 use haagenti_adaptive_kernels::{
-    Conv2dParams, Conv2dShape, ConvWeight, Format, Parallelism, QuantizedTensor, conv2d,
+    Conv2dParams, Conv2dShape, ConvWeight, Format, Parallelism, QuantizedTensor, conv2d_residual,
     dequantize_row_q8_0, matmul, quantize_row_q8_0,
 };
 use rayon::prelude::*;
@@ -208,25 +208,30 @@ impl Weights {
         self.resident.get(&p).ok_or(NnError::NotResident(p))
     }
 
-    /// `out = product(x)` where `product` multiplies activations by this layer's copy for `p`
-    /// (a matmul or a convolution) and writes every value of its output. For integer weights
-    /// the activations are first brought into [`Q8_ACTIVATION_LIMIT`] by a power of two, and
-    /// with [`Weights::set_refine_activations`] their rounding residual is multiplied too.
+    /// `out = product(x) + addends` where `product` multiplies activations by this layer's copy
+    /// for `p` (a matmul or a convolution), writes every value of its output and adds the
+    /// [`Addends`] it is given. For integer weights the activations are first brought into
+    /// [`Q8_ACTIVATION_LIMIT`] by a power of two, and with [`Weights::set_refine_activations`]
+    /// their rounding residual is multiplied too.
     fn product(
         &self,
         x: &[f32],
         out: &mut [f32],
         p: Precision,
-        product: impl Fn(&[f32], &mut [f32]) -> Result<()>,
+        addends: Addends<'_>,
+        product: impl Fn(&[f32], &mut [f32], Addends<'_>) -> Result<()>,
     ) -> Result<()> {
         if !self.effective(p).is_integer() {
-            return product(x, out);
+            return product(x, out, addends);
         }
         // The product is linear in x: run it on x / 2^e and scale the result back by 2^e. A
         // power of two changes no mantissa, so each Q8_0 block quantizes the same values it
         // would have, just with a representable scale.
         let (x, scale) = guarded(x);
-        product(&x, out)?;
+        // Unscaled, the first pass adds the addends in its tiles; scaled, they are added
+        // after the scale is undone (dividing them by 2^e would take a pass of its own).
+        let fused = scale == 1.0;
+        product(&x, out, if fused { addends } else { Addends::NONE })?;
         if self.refine_activations && self.pixel_blocks() {
             // x = dequant(q8(x)) + residual, up to one f32 subtraction.
             let mut blocks = vec![BlockQ8_0::default(); x.len() / BLOCK_LEN];
@@ -239,14 +244,15 @@ impl Weights {
                 .for_each(|(r, v)| *r = (v - *r) * RESIDUAL_SCALE);
             let (residual, residual_scale) = guarded(&residual);
             let mut extra = vec![0f32; out.len()];
-            product(&residual, &mut extra)?;
+            product(&residual, &mut extra, Addends::NONE)?;
             let f = residual_scale / RESIDUAL_SCALE;
             out.par_iter_mut()
                 .zip(extra.par_iter())
                 .for_each(|(o, e)| *o += f * e);
         }
-        if scale != 1.0 {
+        if !fused {
             out.par_iter_mut().for_each(|o| *o *= scale);
+            addends.add_to(out);
         }
         Ok(())
     }
@@ -255,10 +261,51 @@ impl Weights {
     fn matmul(&self, x: &[f32], m: usize, p: Precision) -> Result<Vec<f32>> {
         let w = self.resident(p)?.tensor();
         let mut out = vec![0f32; m * self.n];
-        self.product(x, &mut out, p, |x, out| {
-            Ok(matmul(x, m, w, out, Parallelism::Rayon)?)
+        self.product(x, &mut out, p, Addends::NONE, |x, out, addends| {
+            matmul(x, m, w, out, Parallelism::Rayon)?;
+            addends.add_to(out);
+            Ok(())
         })?;
         Ok(out)
+    }
+}
+
+/// What a product adds to its output: a bias per output column and a residual of the output's
+/// shape, each optional.
+#[derive(Clone, Copy, Debug)]
+struct Addends<'a> {
+    bias: Option<&'a [f32]>,
+    residual: Option<&'a [f32]>,
+}
+
+impl Addends<'_> {
+    const NONE: Addends<'static> = Addends {
+        bias: None,
+        residual: None,
+    };
+
+    /// Adds them to `out` in one pass (rows of the bias's length).
+    fn add_to(&self, out: &mut [f32]) {
+        let n = self.bias.map_or(1, <[f32]>::len).max(1);
+        match (self.bias, self.residual) {
+            (None, None) => {}
+            (Some(bias), None) => out.par_chunks_mut(n).for_each(|row| {
+                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+            }),
+            (None, Some(r)) => out
+                .par_iter_mut()
+                .zip(r.par_iter())
+                .for_each(|(v, r)| *v += r),
+            (Some(bias), Some(r)) => {
+                out.par_chunks_mut(n)
+                    .zip(r.par_chunks(n))
+                    .for_each(|(row, res)| {
+                        for ((v, r), b) in row.iter_mut().zip(res).zip(bias) {
+                            *v += r + b;
+                        }
+                    })
+            }
+        }
     }
 }
 
@@ -450,24 +497,22 @@ impl Conv2d {
             Conv2dParams::new(1, self.kernel / 2),
         )?;
         let mut out = vec![0f32; pixels * o];
-        self.weight.product(x, &mut out, p, |x, out| {
-            Ok(conv2d(x, &conv_shape, w, None, out, Parallelism::Rayon)?)
+        let addends = Addends {
+            bias: Some(&self.bias),
+            residual,
+        };
+        // The kernels add bias and residual to each output tile while it is in cache.
+        self.weight.product(x, &mut out, p, addends, |x, out, a| {
+            Ok(conv2d_residual(
+                x,
+                &conv_shape,
+                w,
+                a.bias,
+                a.residual,
+                out,
+                Parallelism::Rayon,
+            )?)
         })?;
-        // Bias and residual in one pass over the output.
-        let bias = &self.bias;
-        match residual {
-            Some(r) => out
-                .par_chunks_mut(o)
-                .zip(r.par_chunks(o))
-                .for_each(|(row, res)| {
-                    for ((v, r), b) in row.iter_mut().zip(res).zip(bias) {
-                        *v += r + b;
-                    }
-                }),
-            None => out.par_chunks_mut(o).for_each(|row| {
-                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-            }),
-        }
         Ok(out)
     }
 }
