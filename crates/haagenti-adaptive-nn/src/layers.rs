@@ -557,6 +557,51 @@ impl GroupNorm {
         modulation: Option<Modulation<'_>>,
         silu: bool,
     ) -> Result<Vec<f32>> {
+        let affine = self.affine(x, shape, modulation)?;
+        let chunk = affine.run * shape.channels;
+        // The output is written once, never zeroed first: each run of pixels is copied into
+        // its place and transformed there, while it is in cache (zeroing a fresh 2 MiB
+        // buffer was a pass of its own over memory).
+        let mut out = Vec::with_capacity(x.len());
+        out.spare_capacity_mut()[..x.len()]
+            .par_chunks_mut(chunk.max(1))
+            .zip(x.par_chunks(chunk.max(1)))
+            .enumerate()
+            .for_each(|(i, (dst, src))| affine.apply(i, dst.write_copy_of_slice(src), silu));
+        // SAFETY: the chunks above cover the first `x.len()` values of the capacity, and
+        // `write_copy_of_slice` initialized each one (a chunk and its source have one length).
+        unsafe { out.set_len(x.len()) };
+        Ok(out)
+    }
+
+    /// [`GroupNorm::forward`] in place, for an input the caller no longer needs: no output
+    /// buffer to allocate, and the write pass stores to the lines it has just read.
+    ///
+    /// # Errors
+    ///
+    /// As [`GroupNorm::forward`].
+    pub fn forward_in_place(
+        &self,
+        x: &mut [f32],
+        shape: Shape,
+        modulation: Option<Modulation<'_>>,
+        silu: bool,
+    ) -> Result<()> {
+        let affine = self.affine(x, shape, modulation)?;
+        let chunk = affine.run * shape.channels;
+        x.par_chunks_mut(chunk.max(1))
+            .enumerate()
+            .for_each(|(i, run)| affine.apply(i, run, silu));
+        Ok(())
+    }
+
+    /// The per-sample, per-channel multiply-add the norm (and modulation) comes to on `x`.
+    fn affine(
+        &self,
+        x: &[f32],
+        shape: Shape,
+        modulation: Option<Modulation<'_>>,
+    ) -> Result<Affine> {
         let c = shape.channels;
         if c != self.gamma.len() || !c.is_multiple_of(self.groups) {
             return Err(NnError::Model(format!(
@@ -635,28 +680,49 @@ impl GroupNorm {
                 }
             }
         }
-        // One write pass: scale, shift and SiLU together.
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(run * c)
-            .zip(x.par_chunks(run * c))
-            .enumerate()
-            .for_each(|(i, (out, x))| {
-                // A run may straddle two images when `run` does not divide `hw`: the image is
-                // found per pixel.
-                let first = i * run;
-                for (j, (po, px)) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)).enumerate() {
-                    let b = (first + j) / hw;
-                    let (mul, add) = (&mul[b * c..(b + 1) * c], &add[b * c..(b + 1) * c]);
-                    for (((o, &v), &m), &a) in po.iter_mut().zip(px).zip(mul).zip(add) {
-                        *o = v * m + a;
-                    }
-                }
-                // SiLU over the whole run at once, so that its exp vectorizes.
-                if silu {
-                    math::silu_in_place(out);
-                }
-            });
-        Ok(out)
+        Ok(Affine {
+            mul,
+            add,
+            run,
+            hw,
+            channels: c,
+        })
+    }
+}
+
+/// `y = x * mul + add` per sample and channel (a norm with its scale, shift and modulation
+/// folded in), applied to runs of `run` pixels.
+struct Affine {
+    /// `batch x C` factors.
+    mul: Vec<f32>,
+    /// `batch x C` terms.
+    add: Vec<f32>,
+    /// Pixels a run.
+    run: usize,
+    /// Pixels an image.
+    hw: usize,
+    /// Channels.
+    channels: usize,
+}
+
+impl Affine {
+    /// Transforms run `i` (its pixels' values, in place), then SiLU when `silu`.
+    fn apply(&self, i: usize, values: &mut [f32], silu: bool) {
+        let c = self.channels;
+        // A run may straddle two images when `run` does not divide `hw`: the image is found
+        // per pixel.
+        let first = i * self.run;
+        for (j, px) in values.chunks_exact_mut(c).enumerate() {
+            let b = (first + j) / self.hw;
+            let (mul, add) = (&self.mul[b * c..(b + 1) * c], &self.add[b * c..(b + 1) * c]);
+            for ((v, &m), &a) in px.iter_mut().zip(mul).zip(add) {
+                *v = *v * m + a;
+            }
+        }
+        // SiLU over the whole run at once, so that its exp vectorizes.
+        if silu {
+            math::silu_in_place(values);
+        }
     }
 }
 
