@@ -57,7 +57,7 @@ use crate::blocks::QK;
 use crate::error::{KernelError, Result};
 use crate::format::Format;
 use crate::matmul::pack::{PackedX, RowBlock};
-use crate::matmul::{Parallelism, matmul, matmul_q8_activations};
+use crate::matmul::{Parallelism, matmul_acc_scan, matmul_q8_activations};
 use crate::tensor::QuantizedTensor;
 
 /// Bytes of im2col rows one tile gathers, at most (about; a tile holds at least one row): small
@@ -597,22 +597,31 @@ pub fn conv2d_residual(
         let residual = residual.map(|r| &r[t * tile * n..][..out_tile.len()]);
         add_epilogue(out_tile, n, bias, residual);
     };
+    // One tile's product on its thread: its rows are `x`'s (checked finite above) or im2col
+    // rows gathered from them and zeros, so the float path's scan for NaN is skipped.
+    let tile_product = |rows_x: &[f32], out_tile: &mut [f32]| {
+        let rows = out_tile.len() / n;
+        matmul_acc_scan(
+            rows_x,
+            rows,
+            w,
+            out_tile,
+            (1.0, 0.0),
+            Parallelism::None,
+            false,
+        )
+    };
     if shape.is_pointwise() {
         if bias.is_none() && residual.is_none() {
-            return matmul(x, m, w, out, par);
+            // `x` was checked finite above.
+            return matmul_acc_scan(x, m, w, out, (1.0, 0.0), par, false);
         }
         // Tiles of input rows multiplied on one thread each, so that the addends meet each
         // tile in cache.
         let tile = shape.tile_pixels(k * size_of::<f32>(), threads);
         return for_each_tile(out, tile * n, par, |t, out_tile| {
             let rows = out_tile.len() / n;
-            matmul(
-                &x[t * tile * k..][..rows * k],
-                rows,
-                w,
-                out_tile,
-                Parallelism::None,
-            )?;
+            tile_product(&x[t * tile * k..][..rows * k], out_tile)?;
             epilogue(t, tile, out_tile);
             Ok(())
         });
@@ -639,7 +648,7 @@ pub fn conv2d_residual(
         let rows = out_tile.len() / n;
         let mut cols = vec![0.0f32; rows * k];
         shape.im2col(x, shape.c_in, 0.0, t * tile, &mut cols);
-        matmul(&cols, rows, w, out_tile, Parallelism::None)?;
+        tile_product(&cols, out_tile)?;
         epilogue(t, tile, out_tile);
         Ok(())
     })
