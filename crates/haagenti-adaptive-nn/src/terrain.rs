@@ -56,6 +56,9 @@ pub fn terrain_model_path() -> Option<PathBuf> {
     models_dir().map(|d| d.join(TERRAIN_FILE))
 }
 
+/// A 2x resampling of an NHWC activation: [`avg_pool2`] or [`upsample_nearest2`].
+type Resampler = fn(&[f32], Shape) -> (Vec<f32>, Shape);
+
 /// Down- or up-sampling inside a ResBlock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Resample {
@@ -835,12 +838,11 @@ impl TerrainUnet {
         let (h, x_resampled, shape) = match b.resample {
             Resample::None => (h, None, shape),
             r => {
-                let (name, resample): (_, fn(&[f32], Shape) -> (Vec<f32>, Shape)) =
-                    if r == Resample::Down {
-                        ("avg pool", avg_pool2)
-                    } else {
-                        ("upsample", upsample_nearest2)
-                    };
+                let (name, resample): (_, Resampler) = if r == Resample::Down {
+                    ("avg pool", avg_pool2)
+                } else {
+                    ("upsample", upsample_nearest2)
+                };
                 prof.time(
                     || format!("{name} {}ch @{}", shape.channels, shape.height),
                     || {
