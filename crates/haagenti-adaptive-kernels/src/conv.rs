@@ -57,7 +57,7 @@ use crate::blocks::QK;
 use crate::error::{KernelError, Result};
 use crate::format::Format;
 use crate::matmul::pack::{PackedX, RowBlock};
-use crate::matmul::{Parallelism, matmul, matmul_q8_activations};
+use crate::matmul::{Parallelism, matmul_acc_scan, matmul_q8_activations};
 use crate::tensor::QuantizedTensor;
 
 /// Bytes of im2col rows one tile gathers, at most (about; a tile holds at least one row): small
@@ -533,21 +533,99 @@ pub fn conv2d(
     out: &mut [f32],
     par: Parallelism,
 ) -> Result<()> {
+    conv2d_residual(x, shape, weight, bias, None, out, par)
+}
+
+/// [`conv2d`] with an addend: `out = conv(x) + bias + residual`, where `residual` has the
+/// output's shape (a ResNet block's skip). The bias and the residual are added to each output
+/// tile right after its product, while the tile is in cache, instead of in another pass over
+/// the whole output.
+///
+/// `residual` is not scanned for non-finite values: it is only added, so a NaN there shows in
+/// the output where it was.
+///
+/// # Errors
+///
+/// As [`conv2d`], and [`KernelError::ShapeMismatch`] when `residual` is not as long as `out`.
+///
+/// # Examples
+///
+/// ```
+/// use haagenti_adaptive_kernels::{
+///     Conv2dParams, Conv2dShape, ConvWeight, Format, Parallelism, conv2d_residual,
+/// };
+///
+/// // A 1x1 convolution doubling one channel, plus a bias of 1 and a residual.
+/// let w = ConvWeight::from_ohwi(Format::F32, 1, 1, 1, 1, &[2.0])?;
+/// let s = Conv2dShape::new(1, 1, 3, &w, Conv2dParams::default())?;
+/// let mut out = vec![0.0; 3];
+/// let (bias, residual) = ([1.0], [10.0, 20.0, 30.0]);
+/// conv2d_residual(&[1.0, 2.0, 3.0], &s, &w, Some(&bias), Some(&residual), &mut out, Parallelism::None)?;
+/// assert_eq!(out, [13.0, 25.0, 37.0]);
+/// # Ok::<(), haagenti_adaptive_kernels::KernelError>(())
+/// ```
+pub fn conv2d_residual(
+    x: &[f32],
+    shape: &Conv2dShape,
+    weight: &ConvWeight,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+    par: Parallelism,
+) -> Result<()> {
     shape.check(x, weight, bias, out)?;
+    if let Some(r) = residual
+        && r.len() != out.len()
+    {
+        return Err(KernelError::ShapeMismatch {
+            what: "residual",
+            expected: out.len(),
+            actual: r.len(),
+        });
+    }
     let (m, k, n) = shape.gemm_dims();
     if m == 0 || n == 0 {
         return Ok(());
     }
     let w = &weight.tensor;
-    if shape.is_pointwise() {
-        matmul(x, m, w, out, par)?;
-        add_bias(out, n, bias);
-        return Ok(());
-    }
     let threads = match par {
         Parallelism::Rayon => rayon::current_num_threads(),
         Parallelism::None => 1,
     };
+    // The addends of output tile `t` (of `tile` pixels), added in place.
+    let epilogue = |t: usize, tile: usize, out_tile: &mut [f32]| {
+        let residual = residual.map(|r| &r[t * tile * n..][..out_tile.len()]);
+        add_epilogue(out_tile, n, bias, residual);
+    };
+    // One tile's product on its thread: its rows are `x`'s (checked finite above) or im2col
+    // rows gathered from them and zeros, so the float path's scan for NaN is skipped.
+    let tile_product = |rows_x: &[f32], out_tile: &mut [f32]| {
+        let rows = out_tile.len() / n;
+        matmul_acc_scan(
+            rows_x,
+            rows,
+            w,
+            out_tile,
+            (1.0, 0.0),
+            Parallelism::None,
+            false,
+        )
+    };
+    if shape.is_pointwise() {
+        if bias.is_none() && residual.is_none() {
+            // `x` was checked finite above.
+            return matmul_acc_scan(x, m, w, out, (1.0, 0.0), par, false);
+        }
+        // Tiles of input rows multiplied on one thread each, so that the addends meet each
+        // tile in cache.
+        let tile = shape.tile_pixels(k * size_of::<f32>(), threads);
+        return for_each_tile(out, tile * n, par, |t, out_tile| {
+            let rows = out_tile.len() / n;
+            tile_product(&x[t * tile * k..][..rows * k], out_tile)?;
+            epilogue(t, tile, out_tile);
+            Ok(())
+        });
+    }
     if w.format().is_block() && shape.c_in.is_multiple_of(QK) {
         // Quantize every input pixel once; the taps that reuse a pixel copy its blocks.
         let pixels = shape.batch * shape.height * shape.width;
@@ -561,7 +639,7 @@ pub fn conv2d(
             shape.im2col(&xq.rows, unit, RowBlock::ZERO, t * tile, &mut blocks);
             let packed = PackedX::from_rows(nb, rows, blocks)?;
             matmul_q8_activations(&packed, w, out_tile, 1.0, 0.0, Parallelism::None)?;
-            add_bias(out_tile, n, bias);
+            epilogue(t, tile, out_tile);
             Ok(())
         });
     }
@@ -570,8 +648,8 @@ pub fn conv2d(
         let rows = out_tile.len() / n;
         let mut cols = vec![0.0f32; rows * k];
         shape.im2col(x, shape.c_in, 0.0, t * tile, &mut cols);
-        matmul(&cols, rows, w, out_tile, Parallelism::None)?;
-        add_bias(out_tile, n, bias);
+        tile_product(&cols, out_tile)?;
+        epilogue(t, tile, out_tile);
         Ok(())
     })
 }
@@ -592,12 +670,21 @@ where
     }
 }
 
-/// Adds `bias` to every `n`-value row of `out`.
-fn add_bias(out: &mut [f32], n: usize, bias: Option<&[f32]>) {
-    if let Some(bias) = bias {
-        for row in out.chunks_exact_mut(n) {
-            for (o, b) in row.iter_mut().zip(bias) {
-                *o += b;
+/// Adds `bias` to every `n`-value row of `out`, and `residual` (as long as `out`) value by value.
+fn add_epilogue(out: &mut [f32], n: usize, bias: Option<&[f32]>, residual: Option<&[f32]>) {
+    match (bias, residual) {
+        (None, None) => {}
+        (Some(bias), None) => {
+            for row in out.chunks_exact_mut(n) {
+                row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+            }
+        }
+        (None, Some(r)) => out.iter_mut().zip(r).for_each(|(o, r)| *o += r),
+        (Some(bias), Some(r)) => {
+            for (row, res) in out.chunks_exact_mut(n).zip(r.chunks_exact(n)) {
+                for ((o, r), b) in row.iter_mut().zip(res).zip(bias) {
+                    *o += r + b;
+                }
             }
         }
     }

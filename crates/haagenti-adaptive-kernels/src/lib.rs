@@ -65,7 +65,10 @@ pub mod checkpoint;
 pub mod conv;
 mod matmul;
 
-pub use conv::{Conv2dParams, Conv2dShape, ConvWeight, IM2COL_TILE_BYTES, conv2d, conv2d_scalar};
+pub use conv::{
+    Conv2dParams, Conv2dShape, ConvWeight, IM2COL_TILE_BYTES, conv2d, conv2d_residual,
+    conv2d_scalar,
+};
 pub use matmul::{Parallelism, matmul, matmul_acc, matmul_scalar};
 
 mod arch;

@@ -3,7 +3,7 @@
 
 use haagenti_adaptive_kernels::{
     Conv2dParams, Conv2dShape, ConvWeight, Format, KernelError, Parallelism, QuantizedTensor,
-    conv2d, conv2d_scalar,
+    conv2d, conv2d_residual, conv2d_scalar,
 };
 use proptest::prelude::*;
 
@@ -124,6 +124,22 @@ fn check(p: &Problem) -> Result<(), TestCaseError> {
                 "{par:?} output {i}: {} vs oracle {} (tol {tol})",
                 out[i],
                 oracle[i]
+            );
+        }
+        // With a residual: the same convolution plus the residual, value by value (the
+        // residual is added in another order, so up to a rounding or two of the sum).
+        let residual: Vec<f32> = (0..out.len())
+            .map(|i| (i as f32 * 0.61).sin() * 3.0)
+            .collect();
+        let mut with = vec![f32::NAN; s.output_len()];
+        conv2d_residual(&p.x, &s, &w, bias, Some(&residual), &mut with, par).unwrap();
+        for i in 0..out.len() {
+            let want = out[i] + residual[i];
+            let tol = 4.0 * f32::EPSILON * (mag[i] + residual[i].abs()) + 1e-6;
+            prop_assert!(
+                (with[i] - want).abs() <= tol,
+                "{par:?} output {i} with residual: {} vs {want} (tol {tol})",
+                with[i]
             );
         }
     }
@@ -311,6 +327,10 @@ fn bad_parameters_and_lengths_are_typed_errors() {
     mismatch(conv2d(&x[1..], &s, &w, None, &mut out, par), "x");
     mismatch(conv2d(&x, &s, &w, None, &mut out[1..], par), "out");
     mismatch(conv2d(&x, &s, &w, Some(&[1.0]), &mut out, par), "bias");
+    mismatch(
+        conv2d_residual(&x, &s, &w, None, Some(&out.clone()[1..]), &mut out, par),
+        "residual",
+    );
     let other = ConvWeight::from_ohwi(Format::F32, 2, 3, 1, 1, &[0.5; 6]).unwrap();
     mismatch(conv2d(&x, &s, &other, None, &mut out, par), "weight");
     let mut bad = x.clone();

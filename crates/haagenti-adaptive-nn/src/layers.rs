@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use haagenti_adaptive_core::Precision;
 use haagenti_adaptive_kernels::blocks::BlockQ8_0;
 use haagenti_adaptive_kernels::{
-    Conv2dParams, Conv2dShape, ConvWeight, Format, Parallelism, QuantizedTensor, conv2d,
+    Conv2dParams, Conv2dShape, ConvWeight, Format, Parallelism, QuantizedTensor, conv2d_residual,
     dequantize_row_q8_0, matmul, quantize_row_q8_0,
 };
 use rayon::prelude::*;
@@ -208,25 +208,30 @@ impl Weights {
         self.resident.get(&p).ok_or(NnError::NotResident(p))
     }
 
-    /// `out = product(x)` where `product` multiplies activations by this layer's copy for `p`
-    /// (a matmul or a convolution) and writes every value of its output. For integer weights
-    /// the activations are first brought into [`Q8_ACTIVATION_LIMIT`] by a power of two, and
-    /// with [`Weights::set_refine_activations`] their rounding residual is multiplied too.
+    /// `out = product(x) + addends` where `product` multiplies activations by this layer's copy
+    /// for `p` (a matmul or a convolution), writes every value of its output and adds the
+    /// [`Addends`] it is given. For integer weights the activations are first brought into
+    /// [`Q8_ACTIVATION_LIMIT`] by a power of two, and with [`Weights::set_refine_activations`]
+    /// their rounding residual is multiplied too.
     fn product(
         &self,
         x: &[f32],
         out: &mut [f32],
         p: Precision,
-        product: impl Fn(&[f32], &mut [f32]) -> Result<()>,
+        addends: Addends<'_>,
+        product: impl Fn(&[f32], &mut [f32], Addends<'_>) -> Result<()>,
     ) -> Result<()> {
         if !self.effective(p).is_integer() {
-            return product(x, out);
+            return product(x, out, addends);
         }
         // The product is linear in x: run it on x / 2^e and scale the result back by 2^e. A
         // power of two changes no mantissa, so each Q8_0 block quantizes the same values it
         // would have, just with a representable scale.
         let (x, scale) = guarded(x);
-        product(&x, out)?;
+        // Unscaled, the first pass adds the addends in its tiles; scaled, they are added
+        // after the scale is undone (dividing them by 2^e would take a pass of its own).
+        let fused = scale == 1.0;
+        product(&x, out, if fused { addends } else { Addends::NONE })?;
         if self.refine_activations && self.pixel_blocks() {
             // x = dequant(q8(x)) + residual, up to one f32 subtraction.
             let mut blocks = vec![BlockQ8_0::default(); x.len() / BLOCK_LEN];
@@ -239,14 +244,15 @@ impl Weights {
                 .for_each(|(r, v)| *r = (v - *r) * RESIDUAL_SCALE);
             let (residual, residual_scale) = guarded(&residual);
             let mut extra = vec![0f32; out.len()];
-            product(&residual, &mut extra)?;
+            product(&residual, &mut extra, Addends::NONE)?;
             let f = residual_scale / RESIDUAL_SCALE;
             out.par_iter_mut()
                 .zip(extra.par_iter())
                 .for_each(|(o, e)| *o += f * e);
         }
-        if scale != 1.0 {
+        if !fused {
             out.par_iter_mut().for_each(|o| *o *= scale);
+            addends.add_to(out);
         }
         Ok(())
     }
@@ -255,10 +261,51 @@ impl Weights {
     fn matmul(&self, x: &[f32], m: usize, p: Precision) -> Result<Vec<f32>> {
         let w = self.resident(p)?.tensor();
         let mut out = vec![0f32; m * self.n];
-        self.product(x, &mut out, p, |x, out| {
-            Ok(matmul(x, m, w, out, Parallelism::Rayon)?)
+        self.product(x, &mut out, p, Addends::NONE, |x, out, addends| {
+            matmul(x, m, w, out, Parallelism::Rayon)?;
+            addends.add_to(out);
+            Ok(())
         })?;
         Ok(out)
+    }
+}
+
+/// What a product adds to its output: a bias per output column and a residual of the output's
+/// shape, each optional.
+#[derive(Clone, Copy, Debug)]
+struct Addends<'a> {
+    bias: Option<&'a [f32]>,
+    residual: Option<&'a [f32]>,
+}
+
+impl Addends<'_> {
+    const NONE: Addends<'static> = Addends {
+        bias: None,
+        residual: None,
+    };
+
+    /// Adds them to `out` in one pass (rows of the bias's length).
+    fn add_to(&self, out: &mut [f32]) {
+        let n = self.bias.map_or(1, <[f32]>::len).max(1);
+        match (self.bias, self.residual) {
+            (None, None) => {}
+            (Some(bias), None) => out.par_chunks_mut(n).for_each(|row| {
+                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+            }),
+            (None, Some(r)) => out
+                .par_iter_mut()
+                .zip(r.par_iter())
+                .for_each(|(v, r)| *v += r),
+            (Some(bias), Some(r)) => {
+                out.par_chunks_mut(n)
+                    .zip(r.par_chunks(n))
+                    .for_each(|(row, res)| {
+                        for ((v, r), b) in row.iter_mut().zip(res).zip(bias) {
+                            *v += r + b;
+                        }
+                    })
+            }
+        }
     }
 }
 
@@ -450,24 +497,22 @@ impl Conv2d {
             Conv2dParams::new(1, self.kernel / 2),
         )?;
         let mut out = vec![0f32; pixels * o];
-        self.weight.product(x, &mut out, p, |x, out| {
-            Ok(conv2d(x, &conv_shape, w, None, out, Parallelism::Rayon)?)
+        let addends = Addends {
+            bias: Some(&self.bias),
+            residual,
+        };
+        // The kernels add bias and residual to each output tile while it is in cache.
+        self.weight.product(x, &mut out, p, addends, |x, out, a| {
+            Ok(conv2d_residual(
+                x,
+                &conv_shape,
+                w,
+                a.bias,
+                a.residual,
+                out,
+                Parallelism::Rayon,
+            )?)
         })?;
-        // Bias and residual in one pass over the output.
-        let bias = &self.bias;
-        match residual {
-            Some(r) => out
-                .par_chunks_mut(o)
-                .zip(r.par_chunks(o))
-                .for_each(|(row, res)| {
-                    for ((v, r), b) in row.iter_mut().zip(res).zip(bias) {
-                        *v += r + b;
-                    }
-                }),
-            None => out.par_chunks_mut(o).for_each(|row| {
-                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-            }),
-        }
         Ok(out)
     }
 }
@@ -512,6 +557,51 @@ impl GroupNorm {
         modulation: Option<Modulation<'_>>,
         silu: bool,
     ) -> Result<Vec<f32>> {
+        let affine = self.affine(x, shape, modulation)?;
+        let chunk = affine.run * shape.channels;
+        // The output is written once, never zeroed first: each run of pixels is copied into
+        // its place and transformed there, while it is in cache (zeroing a fresh 2 MiB
+        // buffer was a pass of its own over memory).
+        let mut out = Vec::with_capacity(x.len());
+        out.spare_capacity_mut()[..x.len()]
+            .par_chunks_mut(chunk.max(1))
+            .zip(x.par_chunks(chunk.max(1)))
+            .enumerate()
+            .for_each(|(i, (dst, src))| affine.apply(i, dst.write_copy_of_slice(src), silu));
+        // SAFETY: the chunks above cover the first `x.len()` values of the capacity, and
+        // `write_copy_of_slice` initialized each one (a chunk and its source have one length).
+        unsafe { out.set_len(x.len()) };
+        Ok(out)
+    }
+
+    /// [`GroupNorm::forward`] in place, for an input the caller no longer needs: no output
+    /// buffer to allocate, and the write pass stores to the lines it has just read.
+    ///
+    /// # Errors
+    ///
+    /// As [`GroupNorm::forward`].
+    pub fn forward_in_place(
+        &self,
+        x: &mut [f32],
+        shape: Shape,
+        modulation: Option<Modulation<'_>>,
+        silu: bool,
+    ) -> Result<()> {
+        let affine = self.affine(x, shape, modulation)?;
+        let chunk = affine.run * shape.channels;
+        x.par_chunks_mut(chunk.max(1))
+            .enumerate()
+            .for_each(|(i, run)| affine.apply(i, run, silu));
+        Ok(())
+    }
+
+    /// The per-sample, per-channel multiply-add the norm (and modulation) comes to on `x`.
+    fn affine(
+        &self,
+        x: &[f32],
+        shape: Shape,
+        modulation: Option<Modulation<'_>>,
+    ) -> Result<Affine> {
         let c = shape.channels;
         if c != self.gamma.len() || !c.is_multiple_of(self.groups) {
             return Err(NnError::Model(format!(
@@ -590,28 +680,49 @@ impl GroupNorm {
                 }
             }
         }
-        // One write pass: scale, shift and SiLU together.
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(run * c)
-            .zip(x.par_chunks(run * c))
-            .enumerate()
-            .for_each(|(i, (out, x))| {
-                // A run may straddle two images when `run` does not divide `hw`: the image is
-                // found per pixel.
-                let first = i * run;
-                for (j, (po, px)) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)).enumerate() {
-                    let b = (first + j) / hw;
-                    let (mul, add) = (&mul[b * c..(b + 1) * c], &add[b * c..(b + 1) * c]);
-                    for (((o, &v), &m), &a) in po.iter_mut().zip(px).zip(mul).zip(add) {
-                        *o = v * m + a;
-                    }
-                }
-                // SiLU over the whole run at once, so that its exp vectorizes.
-                if silu {
-                    math::silu_in_place(out);
-                }
-            });
-        Ok(out)
+        Ok(Affine {
+            mul,
+            add,
+            run,
+            hw,
+            channels: c,
+        })
+    }
+}
+
+/// `y = x * mul + add` per sample and channel (a norm with its scale, shift and modulation
+/// folded in), applied to runs of `run` pixels.
+struct Affine {
+    /// `batch x C` factors.
+    mul: Vec<f32>,
+    /// `batch x C` terms.
+    add: Vec<f32>,
+    /// Pixels a run.
+    run: usize,
+    /// Pixels an image.
+    hw: usize,
+    /// Channels.
+    channels: usize,
+}
+
+impl Affine {
+    /// Transforms run `i` (its pixels' values, in place), then SiLU when `silu`.
+    fn apply(&self, i: usize, values: &mut [f32], silu: bool) {
+        let c = self.channels;
+        // A run may straddle two images when `run` does not divide `hw`: the image is found
+        // per pixel.
+        let first = i * self.run;
+        for (j, px) in values.chunks_exact_mut(c).enumerate() {
+            let b = (first + j) / self.hw;
+            let (mul, add) = (&self.mul[b * c..(b + 1) * c], &self.add[b * c..(b + 1) * c]);
+            for ((v, &m), &a) in px.iter_mut().zip(mul).zip(add) {
+                *v = *v * m + a;
+            }
+        }
+        // SiLU over the whole run at once, so that its exp vectorizes.
+        if silu {
+            math::silu_in_place(values);
+        }
     }
 }
 

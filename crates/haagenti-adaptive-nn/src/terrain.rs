@@ -56,6 +56,9 @@ pub fn terrain_model_path() -> Option<PathBuf> {
     models_dir().map(|d| d.join(TERRAIN_FILE))
 }
 
+/// A 2x resampling of an NHWC activation: [`avg_pool2`] or [`upsample_nearest2`].
+type Resampler = fn(&[f32], Shape) -> (Vec<f32>, Shape);
+
 /// Down- or up-sampling inside a ResBlock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Resample {
@@ -741,17 +744,33 @@ impl TerrainUnet {
                 .pop()
                 .ok_or_else(|| NnError::Model("more decoder stages than skips".into()))?;
             // torch.cat([h, skip], dim=1) in NHWC: each pixel's channels, h's first.
-            let joined = concat_channels(&h, shape.channels, &skip, skip_shape.channels);
+            let joined = prof.time(
+                || {
+                    format!(
+                        "concat {}+{}ch @{}",
+                        shape.channels, skip_shape.channels, shape.height
+                    )
+                },
+                || {
+                    Ok(concat_channels(
+                        &h,
+                        shape.channels,
+                        &skip,
+                        skip_shape.channels,
+                    ))
+                },
+            )?;
             shape = shape.with_channels(shape.channels + skip_shape.channels);
             (h, shape) = self.stage(stage, &joined, shape, &emb, p, prof)?;
         }
-        let normed = prof.time(
+        // The decoder's output is read only by this norm: normalized in place.
+        prof.time(
             || format!("group norm {}ch @{}", shape.channels, shape.height),
-            || self.out_norm.forward(&h, shape, None, true),
+            || self.out_norm.forward_in_place(&mut h, shape, None, true),
         )?;
         let f = prof.time(
             || conv_label(&self.out_conv, shape),
-            || self.out_conv.forward(&normed, shape, None, p),
+            || self.out_conv.forward(&h, shape, None, p),
         )?;
         let out = x
             .chunks_exact(px)
@@ -818,15 +837,20 @@ impl TerrainUnet {
         )?;
         let (h, x_resampled, shape) = match b.resample {
             Resample::None => (h, None, shape),
-            Resample::Down => {
-                let (h, s) = avg_pool2(&h, shape);
-                let (x, _) = avg_pool2(x, shape);
-                (h, Some(x), s)
-            }
-            Resample::Up => {
-                let (h, s) = upsample_nearest2(&h, shape);
-                let (x, _) = upsample_nearest2(x, shape);
-                (h, Some(x), s)
+            r => {
+                let (name, resample): (_, Resampler) = if r == Resample::Down {
+                    ("avg pool", avg_pool2)
+                } else {
+                    ("upsample", upsample_nearest2)
+                };
+                prof.time(
+                    || format!("{name} {}ch @{}", shape.channels, shape.height),
+                    || {
+                        let (h, s) = resample(&h, shape);
+                        let (x, _) = resample(x, shape);
+                        Ok((h, Some(x), s))
+                    },
+                )?
             }
         };
         let x = x_resampled.as_deref().unwrap_or(x);
@@ -840,11 +864,13 @@ impl TerrainUnet {
             || "embeddings".into(),
             || b.emb.forward(emb, shape.batch, p),
         )?;
-        let h = prof.time(
+        // The input conv's output is read only by this norm: normalized in place.
+        let mut h = h;
+        prof.time(
             || format!("group norm {out_c}ch @{}", shape.height),
             || {
-                b.out_norm.forward(
-                    &h,
+                b.out_norm.forward_in_place(
+                    &mut h,
                     out_shape,
                     Some(Modulation {
                         scale_shift: &scale_shift,

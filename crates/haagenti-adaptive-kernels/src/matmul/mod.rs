@@ -152,6 +152,23 @@ pub fn matmul_acc(
     beta: f32,
     par: Parallelism,
 ) -> Result<()> {
+    matmul_acc_scan(x, m, w, out, (alpha, beta), par, true)
+}
+
+/// [`matmul_acc`] with its `(alpha, beta)`, scanning `x` for non-finite values on the float
+/// path when `scan`. Without the scan it is for activations the caller has already found
+/// finite (the im2col tiles of a convolution, gathered from its checked input and zeros):
+/// the float path's scan read each tile once more. Block formats check while they quantize
+/// either way (it costs nothing there).
+pub(crate) fn matmul_acc_scan(
+    x: &[f32],
+    m: usize,
+    w: &QuantizedTensor,
+    out: &mut [f32],
+    (alpha, beta): (f32, f32),
+    par: Parallelism,
+    scan: bool,
+) -> Result<()> {
     let s = Shape::check_lengths(x, m, w, out)?;
     if s.m == 0 || s.n == 0 {
         return Ok(());
@@ -169,7 +186,9 @@ pub fn matmul_acc(
         // The activations' finiteness is checked by the quantizer's own pass over them.
         return quant_matmul_on(crate::dispatch::kernel_path(), Acts::Raw(x), p);
     }
-    check_finite_par(x, par)?;
+    if scan {
+        check_finite_par(x, par)?;
+    }
     if s.k == 0 {
         epilogue_zero(p.out, beta);
         return Ok(());
