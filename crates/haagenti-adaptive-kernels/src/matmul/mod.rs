@@ -11,8 +11,9 @@
 //! - **F16 and BF16 weights**: converted to f32 on the fly; a streaming kernel for few activation
 //!   rows (AVX2 on x86_64, NEON on aarch64). For many rows, weight matrices of up to 2 M values
 //!   are converted whole, once per call (on x86_64 straight into the `k x n` transpose, which
-//!   `gemm` packs faster), for one `gemm` call over every row; larger ones convert a panel per
-//!   tile of weight rows, each handed to `gemm` on its task's thread.
+//!   `gemm` packs faster), for one `gemm` call over every row, into a panel each thread keeps
+//!   for its next call (at most 8 MiB); larger ones convert a panel per tile of weight rows,
+//!   each handed to `gemm` on its task's thread.
 //! - **F32 weights**: the `gemm` crate; on x86_64 and aarch64 a streaming kernel for few
 //!   activation rows, where `gemm` spends its time packing weights it uses once.
 //!
@@ -926,34 +927,9 @@ fn float_matmul<T: FloatKernels>(
         // Few enough weights to convert them all once and run one parallel gemm over every
         // activation row: a panel per task (below) re-reads all of `x` per task and hands gemm
         // a few columns at a time, which at 16384 x 288 x 32 ran at 0.13x gemm f32.
-        let mut panel = vec![0.0f32; s.n * s.k];
-        let kn = T::PANEL_KN;
-        // Values per conversion task: rows of the panel (of wᵀ, in whole 8 x 8 blocks of the
-        // converter, when it is `k x n`; of `w` otherwise).
-        let (row, rows_per) = if kn {
-            (s.n, (PAR_CONVERT_VALUES / s.n).max(1).next_multiple_of(8))
-        } else {
-            (s.k, (PAR_CONVERT_VALUES / s.k).max(1))
-        };
-        let convert = |(i, dst): (usize, &mut [f32])| {
-            if kn {
-                t.half_to_f32_t(bf, bytes, (s.n, s.k), i * rows_per, dst);
-            } else {
-                let v0 = i * rows_per * s.k;
-                t.half_to_f32(bf, &bytes[2 * v0..2 * (v0 + dst.len())], dst);
-            }
-        };
-        match par {
-            Parallelism::Rayon if panel.len() > PAR_CONVERT_VALUES => panel
-                .par_chunks_mut(rows_per * row)
-                .enumerate()
-                .for_each(convert),
-            _ => panel
-                .chunks_mut(rows_per * row)
-                .enumerate()
-                .for_each(convert),
-        }
-        gemm_f32_laid(x, &panel, kn, s.m, s.n, s.k, out, alpha, beta, par);
+        with_panel(s.n * s.k, |panel| {
+            whole_panel(t, bf, bytes, s, x, panel, out, alpha, beta, par);
+        });
         return;
     }
     let tasks = plan_tasks(s.n, 1, NC_F, 4, threads(par));
@@ -976,6 +952,76 @@ fn float_matmul<T: FloatKernels>(
             }
         },
     );
+}
+
+/// The whole-panel branch of [`float_matmul`]: every F16/BF16 weight converted once into
+/// `panel` (`n * k` values, every one overwritten), then one `gemm` call over all rows.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[allow(clippy::too_many_arguments)] // reason: the checked arguments and the panel
+fn whole_panel<T: FloatKernels>(
+    t: T,
+    bf: bool,
+    bytes: &[u8],
+    s: &Shape,
+    x: &[f32],
+    panel: &mut [f32],
+    out: &mut [f32],
+    alpha: f32,
+    beta: f32,
+    par: Parallelism,
+) {
+    let kn = T::PANEL_KN;
+    // Values per conversion task: rows of the panel (of wᵀ, in whole 8 x 8 blocks of the
+    // converter, when it is `k x n`; of `w` otherwise).
+    let (row, rows_per) = if kn {
+        (s.n, (PAR_CONVERT_VALUES / s.n).max(1).next_multiple_of(8))
+    } else {
+        (s.k, (PAR_CONVERT_VALUES / s.k).max(1))
+    };
+    let convert = |(i, dst): (usize, &mut [f32])| {
+        if kn {
+            t.half_to_f32_t(bf, bytes, (s.n, s.k), i * rows_per, dst);
+        } else {
+            let v0 = i * rows_per * s.k;
+            t.half_to_f32(bf, &bytes[2 * v0..2 * (v0 + dst.len())], dst);
+        }
+    };
+    match par {
+        Parallelism::Rayon if panel.len() > PAR_CONVERT_VALUES => panel
+            .par_chunks_mut(rows_per * row)
+            .enumerate()
+            .for_each(convert),
+        _ => panel
+            .chunks_mut(rows_per * row)
+            .enumerate()
+            .for_each(convert),
+    }
+    gemm_f32_laid(x, panel, kn, s.m, s.n, s.k, out, alpha, beta, par);
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+thread_local! {
+    /// The f32 panel of this thread's last whole-panel conversion (at most
+    /// [`WHOLE_PANEL_VALUES`] values, 8 MiB), kept so that the next call neither allocates nor
+    /// zeroes one: at 256 x 1152 x 128 a fresh 590 KB panel per call cost page faults and a
+    /// memset.
+    static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's kept panel of `len` values (stale contents), or on a fresh one
+/// when the kept panel is in use (a rayon task of another call stolen while this thread waits
+/// inside `gemm`).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn with_panel(len: usize, f: impl FnOnce(&mut [f32])) {
+    PANEL.with(|p| match p.try_borrow_mut() {
+        Ok(mut kept) => {
+            if kept.len() < len {
+                kept.resize(len, 0.0);
+            }
+            f(&mut kept[..len]);
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    });
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1506,6 +1552,23 @@ mod tests {
             }
         }
         println!("transposed f16/bf16 panels on avx2: tested");
+    }
+
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[test]
+    fn a_kept_panel_in_use_gives_a_fresh_one() {
+        with_panel(16, |outer| {
+            outer.fill(1.0);
+            // As when a stolen rayon task of another call converts on this thread.
+            with_panel(8, |inner| {
+                assert_eq!(inner, &[0.0; 8]);
+                inner.fill(2.0);
+            });
+            assert!(outer.iter().all(|&v| v == 1.0));
+        });
+        // The kept panel comes back with its stale contents, grown on demand.
+        with_panel(4, |p| assert_eq!(p, &[1.0; 4]));
+        with_panel(32, |p| assert_eq!(p.len(), 32));
     }
 
     #[test]
