@@ -813,8 +813,26 @@ const NC_F: usize = 64;
 /// memory-bound instead).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const PANEL_MIN_M: usize = 8;
+/// The fewest activation rows from which `weights` F16/BF16 weights go through f32 panels and
+/// gemm rather than streaming: the panel costs a conversion and a gemm packing of every weight
+/// per call, which only enough rows repay, the more rows the larger the matrix. Measured (2
+/// threads, AVX-512 Xeon, ratio to gemm f32, streaming / panel): 8 x 576 x 32 0.83 / 0.84,
+/// 32 x 576 x 32 0.71 / 0.91; 32 x 1152 x 128 0.88 / 0.73, 64 x 1152 x 128 0.77 / 0.84;
+/// 64 x 1024 x 1024 0.95 / 0.79, 128 x 1024 x 1024 0.77 / 0.90; 64 x 4096 x 4096 1.10 / 0.96,
+/// 128 x 4096 x 4096 0.86 / 0.88. On aarch64, where nothing was measured, it stays
+/// [`PANEL_MIN_M`].
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn half_panel_min_m(weights: usize) -> usize {
+    if cfg!(target_arch = "aarch64") || weights < 1 << 17 {
+        PANEL_MIN_M
+    } else if weights < 1 << 20 {
+        64
+    } else {
+        128
+    }
+}
 /// Up to this many F16/BF16 weights (8 MiB once widened) are converted to f32 whole, once per
-/// call, for [`PANEL_MIN_M`] activation rows or more; larger matrices convert a panel per task
+/// call, from [`half_panel_min_m`] activation rows on; larger matrices convert a panel per task
 /// (64 x 4096 x 4096 ran at 0.95x gemm f32 that way, where converting all 16 M weights first
 /// would add a 64 MiB write and read).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -897,7 +915,8 @@ fn float_checked<T: FloatKernels>(
 }
 
 /// F32, F16 and BF16 weights on a SIMD path: streaming kernels below [`PANEL_MIN_M`] activation
-/// rows; above it gemm for F32 and f32 panels for F16/BF16.
+/// rows for F32 and [`half_panel_min_m`] for F16/BF16; above them gemm for F32 and f32 panels
+/// for F16/BF16.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[allow(clippy::too_many_arguments)] // reason: the public arguments, checked
 fn float_matmul<T: FloatKernels>(
@@ -912,7 +931,12 @@ fn float_matmul<T: FloatKernels>(
     par: Parallelism,
 ) {
     use crate::format::Format;
-    let many = s.m >= PANEL_MIN_M;
+    let many = s.m
+        >= if format == Format::F32 {
+            PANEL_MIN_M
+        } else {
+            half_panel_min_m(s.n * s.k)
+        };
     if format == Format::F32 && many {
         gemm_f32(x, &f32_weights(bytes), s.m, s.n, s.k, out, alpha, beta, par);
         return;
