@@ -88,6 +88,28 @@ fn every_format_matches_f64_math_within_quantization_bounds() {
     }
 }
 
+/// Asserts `out` within `rel` of `Σ|x·w|` (plus 1e-3) of the oracle's result, entry by entry.
+fn assert_near_oracle(
+    out: &[f32],
+    oracle: &[f32],
+    (x, w): (&[f32], &[f32]),
+    (m, k, n): (usize, usize, usize),
+    rel: f32,
+    what: &str,
+) {
+    for (idx, (a, b)) in out.iter().zip(oracle).enumerate() {
+        let (i, j) = (idx / n, idx % n);
+        let scale: f32 = (0..k)
+            .map(|l| (x[i * k + l] * w[j * k + l]).abs())
+            .sum::<f32>()
+            + 1e-3;
+        assert!(
+            (a - b).abs() <= rel * scale,
+            "{what} {m}x{k}x{n} [{i},{j}]: {a} vs {b}"
+        );
+    }
+}
+
 #[test]
 fn simd_paths_match_the_scalar_oracle() {
     // Shapes with partial tiles on both sides, and one large enough for several tasks.
@@ -107,18 +129,46 @@ fn simd_paths_match_the_scalar_oracle() {
             for par in [Parallelism::Rayon, Parallelism::None] {
                 let mut out = vec![f32::NAN; m * n];
                 matmul(&x, m, &wq, &mut out, par).unwrap();
-                for (idx, (a, b)) in out.iter().zip(&oracle).enumerate() {
-                    let (i, j) = (idx / n, idx % n);
-                    let scale: f32 = (0..k)
-                        .map(|l| (x[i * k + l] * w[j * k + l]).abs())
-                        .sum::<f32>()
-                        + 1e-3;
-                    assert!(
-                        (a - b).abs() <= 1e-5 * scale * 4.0,
-                        "{format} {m}x{k}x{n} {par:?} [{i},{j}]: {a} vs {b}"
-                    );
-                }
+                assert_near_oracle(
+                    &out,
+                    &oracle,
+                    (&x, &w),
+                    (m, k, n),
+                    4e-5,
+                    &format!("{format} {par:?}"),
+                );
             }
+        }
+    }
+}
+
+#[test]
+fn float_paths_match_the_oracle_either_side_of_the_panel_crossover() {
+    // F16/BF16 stream up to more activation rows the larger the weights (64 from 2^17 weights,
+    // 128 from 2^20 on x86_64): rows on both sides of each step, odd sizes.
+    for &(m, k, n) in &[
+        (37, 1100, 130),
+        (70, 1100, 130),
+        (70, 1030, 1030),
+        (130, 1030, 1030),
+    ] {
+        let x = values(m * k, 5 + m as u64);
+        let w = values(n * k, 6 + n as u64);
+        for format in [Format::F16, Format::BF16, Format::F32] {
+            let wq = QuantizedTensor::quantize(format, n, k, &w).unwrap();
+            let wf = wq.to_f32();
+            let mut oracle = vec![0.0; m * n];
+            matmul_scalar(&x, m, &wq, &mut oracle).unwrap();
+            let mut out = vec![f32::NAN; m * n];
+            matmul(&x, m, &wq, &mut out, Parallelism::Rayon).unwrap();
+            assert_near_oracle(
+                &out,
+                &oracle,
+                (&x, &wf),
+                (m, k, n),
+                1e-5,
+                &format!("{format}"),
+            );
         }
     }
 }

@@ -9,8 +9,11 @@
 //!   horizontal reductions; a single activation row runs a row kernel on the weights in place.
 //!   On aarch64 NEON (with `sdot` when present) runs a row kernel.
 //! - **F16 and BF16 weights**: converted to f32 on the fly; a streaming kernel for few activation
-//!   rows (AVX2 on x86_64, NEON on aarch64), and for many rows a converted f32 panel per tile
-//!   handed to the `gemm` crate.
+//!   rows (AVX2 on x86_64, NEON on aarch64). For many rows, weight matrices of up to 2 M values
+//!   are converted whole, once per call (on x86_64 straight into the `k x n` transpose, which
+//!   `gemm` packs faster), for one `gemm` call over every row, into a panel each thread keeps
+//!   for its next call (at most 8 MiB); larger ones convert a panel per tile of weight rows,
+//!   each handed to `gemm` on its task's thread.
 //! - **F32 weights**: the `gemm` crate; on x86_64 and aarch64 a streaming kernel for few
 //!   activation rows, where `gemm` spends its time packing weights it uses once.
 //!
@@ -89,7 +92,8 @@ impl Parallelism {
 ///
 /// - [`KernelError::ShapeMismatch`] when `x.len() != m * k` or `out.len() != m * n`;
 /// - [`KernelError::NonFinite`] naming the first NaN or infinite value of `x` (for block
-///   formats found while the rows are quantized, so `out` may have been partly written);
+///   formats found while the rows are quantized, and for float formats with fewer weight rows
+///   than columns found in the finished product, so `out` may have been written);
 /// - [`KernelError::SizeOverflow`] when `m * k` or `m * n` overflows `usize`;
 /// - [`KernelError::InvalidData`] when `w`'s bytes do not match its shape.
 ///
@@ -186,22 +190,23 @@ pub(crate) fn matmul_acc_scan(
         // The activations' finiteness is checked by the quantizer's own pass over them.
         return quant_matmul_on(crate::dispatch::kernel_path(), Acts::Raw(x), p);
     }
-    if scan {
-        check_finite_par(x, par)?;
-    }
     if s.k == 0 {
+        if scan {
+            check_finite_par(x, par)?;
+        }
         epilogue_zero(p.out, beta);
         return Ok(());
     }
     #[cfg(target_arch = "x86_64")]
     if let Some(t) = crate::dispatch::avx2() {
-        float_matmul(t, x, p);
-        return Ok(());
+        return float_checked(t, x, p, scan);
     }
     #[cfg(target_arch = "aarch64")]
     if let Some(t) = crate::dispatch::neon() {
-        float_matmul(t, x, p);
-        return Ok(());
+        return float_checked(t, x, p, scan);
+    }
+    if scan {
+        check_finite_par(x, par)?;
     }
     scalar::matmul_par(x, p)
 }
@@ -425,7 +430,7 @@ fn check_finite_par(x: &[f32], par: Parallelism) -> Result<()> {
     let first = x
         .par_chunks(CHUNK)
         .enumerate()
-        .find_first(|(_, c)| !c.iter().fold(true, |ok, v| ok & v.is_finite()))
+        .find_first(|(_, c)| !all_finite(c))
         .and_then(|(i, c)| first_non_finite(c).map(|j| i * CHUNK + j));
     match first {
         Some(index) => Err(KernelError::NonFinite {
@@ -436,12 +441,53 @@ fn check_finite_par(x: &[f32], par: Parallelism) -> Result<()> {
     }
 }
 
+/// [`KernelError::NonFinite`] for the first NaN or infinite value of `x`, found from the
+/// finished float product `out = beta * out + alpha * x · wᵀ` (`alpha != 0`, `s.n > 0`): a
+/// non-finite `x[i][l]` makes every term `x[i][l] * w[j][l]` of row `i` NaN or infinite, and no
+/// multiply-add, nor the epilogue, turns that back into a finite value, so every such row of
+/// `out` is non-finite and only those rows of `x` need a scan (a row of `out` can also overflow,
+/// or hold the caller's NaN when `beta != 0`; its `x` row is then scanned and found clean). At
+/// 16384 x 576 x 32 the scan of `x` beforehand took a fifth of the whole product's time.
+fn check_finite_after(x: &[f32], s: &Shape, out: &[f32], par: Parallelism) -> Result<()> {
+    const CHUNK: usize = 1 << 16;
+    let (n, k) = (s.n, s.k);
+    let rows_per = (CHUNK / n).max(1);
+    let scan = |(c, rows): (usize, &[f32])| {
+        rows.chunks_exact(n).enumerate().find_map(|(r, o)| {
+            if all_finite(o) {
+                return None;
+            }
+            let i = c * rows_per + r;
+            first_non_finite(&x[i * k..(i + 1) * k]).map(|j| i * k + j)
+        })
+    };
+    let first = match par {
+        Parallelism::Rayon if out.len() >= 4 * CHUNK => out
+            .par_chunks(rows_per * n)
+            .enumerate()
+            .find_map_first(scan),
+        _ => out.chunks(rows_per * n).enumerate().find_map(scan),
+    };
+    match first {
+        Some(index) => Err(KernelError::NonFinite {
+            index,
+            value: x[index],
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Whether every value of `x` is finite, branch-free (it vectorizes).
+fn all_finite(x: &[f32]) -> bool {
+    x.iter().fold(true, |ok, v| ok & v.is_finite())
+}
+
 /// Index of the first NaN or infinite value.
 fn first_non_finite(x: &[f32]) -> Option<usize> {
     const CHUNK: usize = 256;
     for (c, chunk) in x.chunks(CHUNK).enumerate() {
         // Branch-free test first (vectorizes), exact position only on failure.
-        if !chunk.iter().fold(true, |ok, v| ok & v.is_finite()) {
+        if !all_finite(chunk) {
             return chunk
                 .iter()
                 .position(|v| !v.is_finite())
@@ -669,32 +715,29 @@ pub(crate) fn gemm_f32(
     beta: f32,
     par: Parallelism,
 ) {
-    gemm_f32_cols(x, w, m, n, 0, n, k, out, alpha, beta, par);
+    gemm_f32_laid(x, w, false, m, n, k, out, alpha, beta, par);
 }
 
-/// [`gemm_f32`] into columns `col0..col0 + nc` of the row-major `m x n` `out`, with `w` the
-/// `nc x k` weight rows of those columns: `out[.., col0..col0 + nc] = beta * out[..] + alpha *
-/// x · wᵀ`. Does nothing when the lengths are inconsistent (callers pass checked shapes).
+/// [`gemm_f32`] with `w` either the `n x k` weight rows (`kn` false) or their row-major
+/// `k x n` transpose (`kn` true), which `gemm` packs faster at some shapes (256 x 1152 x 128:
+/// 0.6 ms against 1.0 ms). Does nothing when the lengths are inconsistent (callers pass
+/// checked shapes).
 #[allow(clippy::too_many_arguments)] // reason: plain data passed straight through
-fn gemm_f32_cols(
+fn gemm_f32_laid(
     x: &[f32],
     w: &[f32],
+    kn: bool,
     m: usize,
     n: usize,
-    col0: usize,
-    nc: usize,
     k: usize,
     out: &mut [f32],
     alpha: f32,
     beta: f32,
     par: Parallelism,
 ) {
-    let consistent = x.len() == m * k
-        && w.len() == nc * k
-        && out.len() == m * n
-        && col0.checked_add(nc).is_some_and(|end| end <= n);
-    debug_assert!(consistent, "gemm_f32_cols: inconsistent lengths");
-    if !consistent || m == 0 || nc == 0 {
+    let consistent = x.len() == m * k && w.len() == n * k && out.len() == m * n;
+    debug_assert!(consistent, "gemm_f32_laid: inconsistent lengths");
+    if !consistent || m == 0 || n == 0 {
         return;
     }
     let gpar = match par {
@@ -703,18 +746,19 @@ fn gemm_f32_cols(
         }
         _ => gemm::Parallelism::None,
     };
-    // SAFETY: the lengths were checked above: `out` is m x n row-major and the block written
-    // starts at column `col0` (row stride n, column stride 1), its last element at
-    // (m - 1) * n + col0 + nc - 1 < m * n since col0 + nc <= n; `x` is m x k row-major, and
-    // `w` is nc x k row-major, read as the k x nc matrix wᵀ (row stride 1, column stride k).
+    // gemm's rhs is the k x n matrix wᵀ: element (l, j) at w[l * rhs_rs + j * rhs_cs].
+    let (rhs_cs, rhs_rs) = if kn { (1, n as isize) } else { (k as isize, 1) };
+    // SAFETY: the lengths were checked above: `out` is m x n row-major (row stride n, column
+    // stride 1), `x` is m x k row-major, and `w` holds n * k values, either n x k row-major
+    // (wᵀ's element (l, j) at j * k + l) or k x n row-major (at l * n + j), both inside `w`.
     // `out` is exclusively borrowed and overlaps neither input. gemm computes
     // dst = alpha_g * dst + beta_g * lhs * rhs, reading dst only when asked.
     unsafe {
         gemm::gemm(
             m,
-            nc,
+            n,
             k,
-            out.as_mut_ptr().add(col0),
+            out.as_mut_ptr(),
             1,
             n as isize,
             beta != 0.0,
@@ -722,8 +766,8 @@ fn gemm_f32_cols(
             1,
             k as isize,
             w.as_ptr(),
-            k as isize,
-            1,
+            rhs_cs,
+            rhs_rs,
             beta,
             alpha,
             false,
@@ -745,6 +789,31 @@ pub(crate) fn widen_half_bytes(bf: bool, bytes: &[u8], dst: &mut [f32]) {
         } else {
             half::f16::from_bits(bits).to_f32()
         };
+    }
+}
+
+/// Rows `l0..l0 + dst.len() / n` of the row-major `k x n` transpose of `n x k` little-endian
+/// f16 (`bf` false) or bf16 weight rows `bytes`, widened to f32 into `dst` one value at a time
+/// (for bytes too misaligned to view as `half` values).
+///
+/// # Panics
+///
+/// When `bytes` holds fewer than `n * (l0 + dst.len() / n)` values (a bug in the caller).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) fn widen_half_bytes_t(
+    bf: bool,
+    bytes: &[u8],
+    (n, k): (usize, usize),
+    l0: usize,
+    dst: &mut [f32],
+) {
+    let mut v = [0.0f32];
+    for (i, row) in dst.chunks_exact_mut(n.max(1)).enumerate() {
+        for (j, d) in row.iter_mut().enumerate() {
+            let at = 2 * (j * k + l0 + i);
+            widen_half_bytes(bf, &bytes[at..at + 2], &mut v);
+            *d = v[0];
+        }
     }
 }
 
@@ -776,8 +845,26 @@ const NC_F: usize = 64;
 /// memory-bound instead).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const PANEL_MIN_M: usize = 8;
+/// The fewest activation rows from which `weights` F16/BF16 weights go through f32 panels and
+/// gemm rather than streaming: the panel costs a conversion and a gemm packing of every weight
+/// per call, which only enough rows repay, the more rows the larger the matrix. Measured (2
+/// threads, AVX-512 Xeon, ratio to gemm f32, streaming / panel): 8 x 576 x 32 0.83 / 0.84,
+/// 32 x 576 x 32 0.71 / 0.91; 32 x 1152 x 128 0.88 / 0.73, 64 x 1152 x 128 0.77 / 0.84;
+/// 64 x 1024 x 1024 0.95 / 0.79, 128 x 1024 x 1024 0.77 / 0.90; 64 x 4096 x 4096 1.10 / 0.96,
+/// 128 x 4096 x 4096 0.86 / 0.88. On aarch64, where nothing was measured, it stays
+/// [`PANEL_MIN_M`].
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn half_panel_min_m(weights: usize) -> usize {
+    if cfg!(target_arch = "aarch64") || weights < 1 << 17 {
+        PANEL_MIN_M
+    } else if weights < 1 << 20 {
+        64
+    } else {
+        128
+    }
+}
 /// Up to this many F16/BF16 weights (8 MiB once widened) are converted to f32 whole, once per
-/// call, for [`PANEL_MIN_M`] activation rows or more; larger matrices convert a panel per task
+/// call, from [`half_panel_min_m`] activation rows on; larger matrices convert a panel per task
 /// (64 x 4096 x 4096 ran at 0.95x gemm f32 that way, where converting all 16 M weights first
 /// would add a 64 MiB write and read).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -809,6 +896,16 @@ trait FloatKernels: Copy + Sync {
     /// f16 (`bf` false) or bf16 little-endian bytes (`2 * dst.len()` of them) widened to f32
     /// into `dst`.
     fn half_to_f32(self, bf: bool, bytes: &[u8], dst: &mut [f32]);
+    /// Whether whole f16/bf16 panels go to `gemm` transposed, as `k x n` (through
+    /// [`FloatKernels::half_to_f32_t`]), rather than as the `n x k` weight rows.
+    const PANEL_KN: bool = false;
+    /// Rows `l0..l0 + dst.len() / n` of the row-major `k x n` transpose of the `n x k` f16
+    /// (`bf` false) or bf16 weight rows `bytes`, widened to f32 into `dst`; by default
+    /// [`widen_half_bytes_t`], one value at a time (it runs only where
+    /// [`FloatKernels::PANEL_KN`] is set).
+    fn half_to_f32_t(self, bf: bool, bytes: &[u8], nk: (usize, usize), l0: usize, dst: &mut [f32]) {
+        widen_half_bytes_t(bf, bytes, nk, l0, dst);
+    }
     /// f16/bf16 weight rows converted to an f32 panel and handed to `gemm` on this thread.
     fn half_panel_gemm(
         self,
@@ -822,13 +919,52 @@ trait FloatKernels: Copy + Sync {
     );
 }
 
+/// [`float_matmul`] with the scan of `x` for non-finite values when `scan`: with fewer output
+/// columns than inputs per row `out` is smaller than `x`, so it is scanned after the product
+/// instead of `x` before (see [`check_finite_after`]).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn float_checked<T: FloatKernels>(t: T, x: &[f32], p: Product<'_>, scan: bool) -> Result<()> {
+    let scan_after = scan && p.alpha != 0.0 && p.s.n < p.s.k;
+    if scan && !scan_after {
+        check_finite_par(x, p.par)?;
+    }
+    let Product {
+        s,
+        w,
+        out,
+        alpha,
+        beta,
+        par,
+    } = p;
+    let p = Product {
+        s,
+        w,
+        out: &mut *out,
+        alpha,
+        beta,
+        par,
+    };
+    float_matmul(t, x, p);
+    if scan_after {
+        check_finite_after(x, &s, out, par)
+    } else {
+        Ok(())
+    }
+}
+
 /// F32, F16 and BF16 weights on a SIMD path: streaming kernels below [`PANEL_MIN_M`] activation
-/// rows; above it gemm for F32 and f32 panels for F16/BF16.
+/// rows for F32 and [`half_panel_min_m`] for F16/BF16; above them gemm for F32 and f32 panels
+/// for F16/BF16.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn float_matmul<T: FloatKernels>(t: T, x: &[f32], p: Product<'_>) {
     use crate::format::Format;
     let (s, bytes, format) = (p.s, p.w.as_bytes(), p.w.format());
-    let many = s.m >= PANEL_MIN_M;
+    let many = s.m
+        >= if format == Format::F32 {
+            PANEL_MIN_M
+        } else {
+            half_panel_min_m(s.n * s.k)
+        };
     if format == Format::F32 && many {
         let w32 = f32_weights(bytes);
         gemm_f32(x, &w32, s.m, s.n, s.k, p.out, p.alpha, p.beta, p.par);
@@ -844,23 +980,7 @@ fn float_matmul<T: FloatKernels>(t: T, x: &[f32], p: Product<'_>) {
         // Few enough weights to convert them all once and run one parallel gemm over every
         // activation row: a panel per task (below) re-reads all of `x` per task and hands gemm
         // a few columns at a time, which at 16384 x 288 x 32 ran at 0.13x gemm f32.
-        let mut panel = vec![0.0f32; s.n * s.k];
-        let rows_per = (PAR_CONVERT_VALUES / s.k).max(1);
-        let convert = |(i, dst): (usize, &mut [f32])| {
-            let v0 = i * rows_per * s.k;
-            t.half_to_f32(bf, &bytes[2 * v0..2 * (v0 + dst.len())], dst);
-        };
-        match p.par {
-            Parallelism::Rayon if panel.len() > PAR_CONVERT_VALUES => panel
-                .par_chunks_mut(rows_per * s.k)
-                .enumerate()
-                .for_each(convert),
-            _ => panel
-                .chunks_mut(rows_per * s.k)
-                .enumerate()
-                .for_each(convert),
-        }
-        gemm_f32(x, &panel, s.m, s.n, s.k, p.out, p.alpha, p.beta, p.par);
+        with_panel(s.n * s.k, |panel| whole_panel(t, bf, x, panel, p));
         return;
     }
     let tasks = plan_tasks(s.n, 1, NC_F, 4, threads(p.par));
@@ -879,6 +999,65 @@ fn float_matmul<T: FloatKernels>(t: T, x: &[f32], p: Product<'_>) {
             }
         },
     );
+}
+
+/// The whole-panel branch of [`float_matmul`]: every F16/BF16 weight converted once into
+/// `panel` (`n * k` values, every one overwritten), then one `gemm` call over all rows.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn whole_panel<T: FloatKernels>(t: T, bf: bool, x: &[f32], panel: &mut [f32], p: Product<'_>) {
+    let (s, bytes, par) = (&p.s, p.w.as_bytes(), p.par);
+    let kn = T::PANEL_KN;
+    // Values per conversion task: rows of the panel (of wᵀ, in whole 8 x 8 blocks of the
+    // converter, when it is `k x n`; of `w` otherwise).
+    let (row, rows_per) = if kn {
+        (s.n, (PAR_CONVERT_VALUES / s.n).max(1).next_multiple_of(8))
+    } else {
+        (s.k, (PAR_CONVERT_VALUES / s.k).max(1))
+    };
+    let convert = |(i, dst): (usize, &mut [f32])| {
+        if kn {
+            t.half_to_f32_t(bf, bytes, (s.n, s.k), i * rows_per, dst);
+        } else {
+            let v0 = i * rows_per * s.k;
+            t.half_to_f32(bf, &bytes[2 * v0..2 * (v0 + dst.len())], dst);
+        }
+    };
+    match par {
+        Parallelism::Rayon if panel.len() > PAR_CONVERT_VALUES => panel
+            .par_chunks_mut(rows_per * row)
+            .enumerate()
+            .for_each(convert),
+        _ => panel
+            .chunks_mut(rows_per * row)
+            .enumerate()
+            .for_each(convert),
+    }
+    gemm_f32_laid(x, panel, kn, s.m, s.n, s.k, p.out, p.alpha, p.beta, par);
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+thread_local! {
+    /// The f32 panel of this thread's last whole-panel conversion (at most
+    /// [`WHOLE_PANEL_VALUES`] values, 8 MiB), kept so that the next call neither allocates nor
+    /// zeroes one: at 256 x 1152 x 128 a fresh 590 KB panel per call cost page faults and a
+    /// memset.
+    static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's kept panel of `len` values (stale contents), or on a fresh one
+/// when the kept panel is in use (a rayon task of another call stolen while this thread waits
+/// inside `gemm`).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn with_panel(len: usize, f: impl FnOnce(&mut [f32])) {
+    PANEL.with(|p| match p.try_borrow_mut() {
+        Ok(mut kept) => {
+            if kept.len() < len {
+                kept.resize(len, 0.0);
+            }
+            f(&mut kept[..len]);
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    });
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -924,6 +1103,18 @@ mod x86 {
         }
         fn half_to_f32(self, bf: bool, bytes: &[u8], dst: &mut [f32]) {
             k::half_to_f32(self, bf, bytes, dst);
+        }
+        // gemm packs a k x n panel faster than n x k weight rows at most shapes.
+        const PANEL_KN: bool = true;
+        fn half_to_f32_t(
+            self,
+            bf: bool,
+            bytes: &[u8],
+            nk: (usize, usize),
+            l0: usize,
+            dst: &mut [f32],
+        ) {
+            k::half_to_f32_t(self, bf, bytes, nk, l0, dst);
         }
         fn half_panel_gemm(
             self,
@@ -1332,6 +1523,98 @@ mod tests {
             matmul(&x, m, &w, &mut out, Parallelism::Rayon),
             Err(KernelError::NonFinite { index, .. }) if index == m * k - 3
         ));
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn transposed_half_panels_are_the_widened_transpose() {
+        let Some(t) = crate::dispatch::avx2() else {
+            println!("transposed f16/bf16 panels on avx2: not tested (CPU lacks it)");
+            return;
+        };
+        // Edges in both directions (n and rows not multiples of 8), a first row l0 > 0, and
+        // bytes misaligned for `half` values (the one-at-a-time fallback).
+        for &(n, k) in &[(1, 1), (8, 8), (13, 29), (24, 100), (130, 17)] {
+            let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.29).sin() * 3.0).collect();
+            for format in [Format::F16, Format::BF16] {
+                let wq = QuantizedTensor::quantize(format, n, k, &w).unwrap();
+                let wf = wq.to_f32();
+                let mut shifted = vec![0u8; wq.as_bytes().len() + 1];
+                shifted[1..].copy_from_slice(wq.as_bytes());
+                for bytes in [wq.as_bytes(), &shifted[1..]] {
+                    for l0 in [0, k / 2] {
+                        let mut dst = vec![f32::NAN; (k - l0) * n];
+                        FloatKernels::half_to_f32_t(
+                            t,
+                            format == Format::BF16,
+                            bytes,
+                            (n, k),
+                            l0,
+                            &mut dst,
+                        );
+                        for (at, v) in dst.iter().enumerate() {
+                            let (i, j) = (at / n, at % n);
+                            assert_eq!(
+                                v.to_bits(),
+                                wf[j * k + l0 + i].to_bits(),
+                                "{format} {n}x{k} from {l0} at ({i}, {j})"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        println!("transposed f16/bf16 panels on avx2: tested");
+    }
+
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[test]
+    fn a_kept_panel_in_use_gives_a_fresh_one() {
+        with_panel(16, |outer| {
+            outer.fill(1.0);
+            // As when a stolen rayon task of another call converts on this thread.
+            with_panel(8, |inner| {
+                assert_eq!(inner, &[0.0; 8]);
+                inner.fill(2.0);
+            });
+            assert!(outer.iter().all(|&v| v == 1.0));
+        });
+        // The kept panel comes back with its stale contents, grown on demand.
+        with_panel(4, |p| assert_eq!(p, &[1.0; 4]));
+        with_panel(32, |p| assert_eq!(p.len(), 32));
+    }
+
+    #[test]
+    fn float_products_find_non_finite_activations_in_their_output() {
+        // Fewer weight rows than columns: `x` is scanned through the finished product.
+        let (m, k, n) = (4099, 96, 13);
+        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.41).sin()).collect();
+        for format in [Format::F16, Format::BF16, Format::F32] {
+            let wq = QuantizedTensor::quantize(format, n, k, &w).unwrap();
+            for par in [Parallelism::Rayon, Parallelism::None] {
+                let mut x = activations(m, k);
+                x[m * k - 40] = f32::NAN;
+                // w[0][0] is 0: infinity times zero is NaN, still non-finite.
+                x[3000 * k] = f32::INFINITY;
+                x[3000 * k + 7] = f32::NAN;
+                let mut out = vec![0.0; m * n];
+                assert!(matches!(
+                    matmul(&x, m, &wq, &mut out, par),
+                    Err(KernelError::NonFinite { index, value })
+                        if index == 3000 * k && value == f32::INFINITY
+                ));
+                // A NaN the caller left in `out` (kept by beta) and a product that overflows
+                // are results, not errors.
+                let x = activations(m, k);
+                let mut out = vec![0.0; m * n];
+                out[5 * n + 2] = f32::NAN;
+                matmul_acc(&x, m, &wq, &mut out, 1.0, 1.0, par).unwrap();
+                assert!(out[5 * n + 2].is_nan() && out[5 * n + 1].is_finite());
+                let mut out = vec![0.0; m * n];
+                matmul_acc(&x, m, &wq, &mut out, f32::MAX, 0.0, par).unwrap();
+                assert!(out.iter().any(|v| v.is_infinite()));
+            }
+        }
     }
 
     #[test]

@@ -23,9 +23,10 @@
 //!
 //! Float weights with few activation rows: [`stream`] reads each weight row once, widening 8
 //! values at a time (`vcvtph2ps` for f16, a 16-bit shift for bf16, a plain load for f32), and
-//! FMAs them into up to four activation rows. With many activation rows F16/BF16 go through
-//! [`half_panel_gemm`] (a panel of weight rows converted to f32, handed to `gemm`) and F32
-//! straight to `gemm`.
+//! FMAs them into up to four activation rows. With many activation rows F16/BF16 go to `gemm`
+//! as f32: small matrices converted whole by [`half_to_f32_t`] into the `k x n` transpose
+//! (8 x 8 blocks transposed in registers), large ones through [`half_panel_gemm`] (a panel of
+//! weight rows converted to f32 per task); F32 goes straight to `gemm`.
 //!
 //! Every `unsafe fn` here requires AVX2, FMA and F16C; the safe wrappers take the
 //! [`Avx2`] token that proves them and check every length the kernels' pointer arithmetic uses.
@@ -1299,6 +1300,112 @@ pub(crate) fn half_to_f32(_t: Avx2, bf: bool, bytes: &[u8], dst: &mut [f32]) {
         run::<half::bf16>(bf, bytes, dst);
     } else {
         run::<half::f16>(bf, bytes, dst);
+    }
+}
+
+/// Transposes the 8 x 8 f32 matrix whose rows are `r`: row `i` of the result is column `i`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn transpose_8x8_ps(r: [__m256; 8]) -> [__m256; 8] {
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ]
+}
+
+/// Rows `l0..l0 + dst.len() / n` of `wᵀ` (the row-major `k x n` transpose of the `n x k`
+/// f16/bf16 weights `w`) widened to f32 into `dst`: 8 x 8 blocks loaded a weight row at a time,
+/// transposed in registers and stored a row of `wᵀ` at a time, edges one value at a time.
+///
+/// # Safety
+///
+/// AVX2 and F16C must be available; `n > 0`, `w.len() >= n * k`, `dst.len()` a multiple of `n`
+/// and `l0 + dst.len() / n <= k`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn convert_half_t<E: StreamWeight>(w: &[E], n: usize, k: usize, l0: usize, dst: &mut [f32]) {
+    let rows = dst.len() / n;
+    let (n8, r8) = (n / 8 * 8, rows / 8 * 8);
+    let (wp, dp) = (w.as_ptr(), dst.as_mut_ptr());
+    for i in (0..r8).step_by(8) {
+        for j in (0..n8).step_by(8) {
+            let v = std::array::from_fn(|r| {
+                // SAFETY: weight row j + r < n, values l0 + i..l0 + i + 8 <= k: inside `w`.
+                unsafe { E::load8(wp.add((j + r) * k + l0 + i)) }
+            });
+            for (r, t) in transpose_8x8_ps(v).into_iter().enumerate() {
+                // SAFETY: row i + r < rows of `dst`, columns j..j + 8 <= n.
+                unsafe { _mm256_storeu_ps(dp.add((i + r) * n + j), t) };
+            }
+        }
+    }
+    for i in 0..rows {
+        let j0 = if i < r8 { n8 } else { 0 };
+        for j in j0..n {
+            dst[i * n + j] = w[j * k + l0 + i].widen();
+        }
+    }
+}
+
+/// Rows `l0..l0 + dst.len() / n` of the transpose of `n x k` f16 (`bf` false) or bf16
+/// little-endian weight rows `bytes`, widened to f32 into `dst` (row-major, `n` per row), so that
+/// `gemm` reads the weights as a `k x n` matrix with unit column stride. Does nothing when the
+/// lengths are inconsistent; misaligned bytes are widened one value at a time.
+pub(crate) fn half_to_f32_t(
+    _t: Avx2,
+    bf: bool,
+    bytes: &[u8],
+    (n, k): (usize, usize),
+    l0: usize,
+    dst: &mut [f32],
+) {
+    let consistent =
+        n > 0 && bytes.len() == 2 * n * k && dst.len().is_multiple_of(n) && l0 + dst.len() / n <= k;
+    debug_assert!(consistent, "half_to_f32_t: inconsistent lengths");
+    if !consistent {
+        return;
+    }
+    fn run<E: StreamWeight + HalfBits>(
+        bf: bool,
+        bytes: &[u8],
+        (n, k): (usize, usize),
+        l0: usize,
+        dst: &mut [f32],
+    ) {
+        let w = as_half::<E>(bytes);
+        if w.len() == n * k {
+            // SAFETY: only called with the `Avx2` token in hand: AVX2/FMA/F16C are available;
+            // the lengths were checked by the caller.
+            unsafe { convert_half_t(w, n, k, l0, dst) };
+        } else {
+            crate::matmul::widen_half_bytes_t(bf, bytes, (n, k), l0, dst);
+        }
+    }
+    if bf {
+        run::<half::bf16>(bf, bytes, (n, k), l0, dst);
+    } else {
+        run::<half::f16>(bf, bytes, (n, k), l0, dst);
     }
 }
 
