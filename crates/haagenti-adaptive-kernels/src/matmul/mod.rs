@@ -268,6 +268,17 @@ pub(crate) struct Product<'a> {
     par: Parallelism,
 }
 
+impl Product<'_> {
+    /// The same product, borrowing `out` for a shorter while (to read it after a kernel ran).
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    fn reborrow(&mut self) -> Product<'_> {
+        Product {
+            out: &mut *self.out,
+            ..*self
+        }
+    }
+}
+
 /// The activation rows of a block-format product: quantized already, or f32 values that
 /// the path quantizes (and checks for finiteness) itself.
 #[derive(Clone, Copy)]
@@ -928,25 +939,10 @@ fn float_checked<T: FloatKernels>(t: T, x: &[f32], p: Product<'_>, scan: bool) -
     if scan && !scan_after {
         check_finite_par(x, p.par)?;
     }
-    let Product {
-        s,
-        w,
-        out,
-        alpha,
-        beta,
-        par,
-    } = p;
-    let p = Product {
-        s,
-        w,
-        out: &mut *out,
-        alpha,
-        beta,
-        par,
-    };
-    float_matmul(t, x, p);
+    let mut p = p;
+    float_matmul(t, x, p.reborrow());
     if scan_after {
-        check_finite_after(x, &s, out, par)
+        check_finite_after(x, &p.s, p.out, p.par)
     } else {
         Ok(())
     }
