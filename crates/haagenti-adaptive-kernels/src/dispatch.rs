@@ -18,7 +18,8 @@ use std::sync::OnceLock;
 /// The family of kernels the crate runs on this machine.
 ///
 /// The x86_64 levels are ordered: each includes the ones below it (every level from
-/// [`KernelPath::Avx2`] on has AVX2, FMA and F16C).
+/// [`KernelPath::Avx2`] on has AVX2, FMA and F16C), except that the AVX-512 levels need not
+/// have AVX-VNNI ([`KernelPath::supported`] checks it).
 ///
 /// # Examples
 ///
@@ -92,8 +93,15 @@ impl KernelPath {
     }
 
     /// Whether the CPU running this process supports the path (ignoring the environment).
+    ///
+    /// AVX-VNNI is checked on its own: the AVX-512 levels above it do not imply it (Skylake-X
+    /// and Zen 4 lack it).
     pub fn supported(self) -> bool {
-        self == KernelPath::Scalar || (self <= detect() && self.same_arch(detect()))
+        match self {
+            KernelPath::Scalar => true,
+            KernelPath::AvxVnni => has_avx_vnni(),
+            _ => self <= detect() && self.same_arch(detect()),
+        }
     }
 
     /// Whether both paths belong to one architecture (scalar belongs to all).
@@ -145,8 +153,26 @@ pub fn kernel_path() -> KernelPath {
         let cap = std::env::var("HAAGENTI_MAX_ISA")
             .ok()
             .and_then(|v| v.parse().ok());
-        capped(detect(), cap)
+        let path = capped(detect(), cap);
+        // A cap at avx-vnni on an AVX-512 CPU without it lands on the next level down.
+        KernelPath::ALL
+            .into_iter()
+            .rev()
+            .find(|&p| p <= path && p.same_arch(path) && p.supported())
+            .unwrap_or(KernelPath::Scalar)
     })
+}
+
+/// Whether the CPU has AVX-VNNI (and the AVX2 level under it).
+fn has_avx_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        detect() >= KernelPath::Avx2 && std::arch::is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// `best` capped at `cap`: the highest path of `best`'s architecture at or below both.
@@ -308,5 +334,23 @@ impl Neon {
         (path.is_neon() && path.supported()).then_some(Neon {
             dotprod: path == KernelPath::NeonDotprod,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever `HAAGENTI_MAX_ISA` says (CI runs this under several caps), the chosen path is
+    /// one the CPU has: a cap at avx-vnni on an AVX-512 CPU without AVX-VNNI picks avx2.
+    #[test]
+    fn the_chosen_path_is_one_the_cpu_has() {
+        assert!(kernel_path().supported(), "{}", kernel_path());
+        assert!(kernel_path() <= detect());
+        #[cfg(target_arch = "x86_64")]
+        if !std::arch::is_x86_feature_detected!("avxvnni") {
+            assert!(!KernelPath::AvxVnni.supported());
+            assert_ne!(kernel_path(), KernelPath::AvxVnni);
+        }
     }
 }
